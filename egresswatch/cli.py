@@ -1,0 +1,255 @@
+"""`egresswatch` / `python -m egresswatch`: report, graph, console, suggest, lockdown-check.
+
+Every command reads either a Prometheus (--prometheus URL, the default) or the proxies directly
+(--proxies URL ...). Exit codes: 0 done (lockdown-check: safe), 1 lockdown-check: would break,
+2 could not tell (unreachable source, empty window, namespace without traffic, bad flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from egresswatch import console, lockdown, render, report, suggest
+from egresswatch.errors import EgressWatchError, UsageError
+from egresswatch.graph import build_graph
+from egresswatch.promql import Window
+from egresswatch.source import PrometheusSource, ProxiesSource, Source
+
+VERSION = "0.1.0"
+DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
+# Kiali's UI shows the last minute by default (config.go UIDefaults.MetricsPerRefresh "1m"); so do we.
+DEFAULT_WINDOW = "1m"
+# Without Prometheus the window is the wait between two scrapes: short, so the command answers quickly.
+DEFAULT_PROXIES_WINDOW = "10s"
+DEFAULT_NAMESPACE = "recipes"
+DEFAULT_CONSOLE_PORT = 20001  # Kiali's port
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("where the numbers come from")
+    src.add_argument(
+        "--prometheus",
+        metavar="URL",
+        default=os.environ.get("EGRESSWATCH_PROMETHEUS", DEFAULT_PROMETHEUS),
+        help="Prometheus base URL (env EGRESSWATCH_PROMETHEUS; default %(default)s)",
+    )
+    src.add_argument(
+        "--proxies",
+        metavar="URL",
+        nargs="+",
+        help="read these proxies' /stats/prometheus instead of Prometheus (e.g. 127.0.0.1:15000 "
+        "127.0.0.1:15090): two scrapes --window apart, or --since-start",
+    )
+    src.add_argument(
+        "--since-start",
+        action="store_true",
+        help="with --proxies: one scrape, counting everything since each proxy started (no rates)",
+    )
+    src.add_argument(
+        "--window",
+        default=os.environ.get("EGRESSWATCH_WINDOW"),
+        help=f"look-back window, a Prometheus duration (env EGRESSWATCH_WINDOW; default "
+        f"{DEFAULT_WINDOW}, or {DEFAULT_PROXIES_WINDOW} between the two scrapes with --proxies)",
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        default=os.environ.get("EGRESSWATCH_NAMESPACE", DEFAULT_NAMESPACE),
+        help="source namespace (env EGRESSWATCH_NAMESPACE; default %(default)s)",
+    )
+    scope.add_argument("--all-namespaces", action="store_true", help="every source namespace")
+    p.add_argument("--show-queries", action="store_true", help="print the PromQL (copy it into Prometheus)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="egresswatch",
+        description="What does the mesh send out, and can it be locked down? Reads Istio's standard metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"egresswatch {VERSION}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("report", help="egress by source, host, cluster kind and response code")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="JSON instead of tables")
+    p.add_argument(
+        "--all", action="store_true", help="every destination, not only egress (the full breakdown)"
+    )
+
+    p = sub.add_parser("graph", help="the service graph as SVG and a self-contained HTML page, Kiali style")
+    _common(p)
+    p.add_argument(
+        "--out",
+        default="out/graph.svg",
+        help="SVG path; the page goes next to it as .html (default %(default)s)",
+    )
+    p.add_argument("--json", action="store_true", help="also print the graph (nodes, edges) as JSON")
+    p.add_argument(
+        "--rates",
+        choices=("kiali", "counts"),
+        default="kiali",
+        help="edge rates from Kiali's rate() query (default; falls back to counts when rate() sees "
+        "nothing) or always count / window (sees short bursts too)",
+    )
+
+    p = sub.add_parser(
+        "console", help="a live page with the graph and the report, refreshed every few seconds"
+    )
+    _common(p)
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("EGRESSWATCH_PORT", DEFAULT_CONSOLE_PORT)),
+        help="port (env EGRESSWATCH_PORT; default %(default)s, Kiali's)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    p.add_argument(
+        "--refresh", type=float, default=5.0, help="seconds between refreshes (default %(default)s)"
+    )
+
+    p = sub.add_parser("suggest", help="ServiceEntry YAML for every host seen through PassthroughCluster")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="JSON instead of YAML")
+
+    p = sub.add_parser(
+        "lockdown-check",
+        help="would REGISTRY_ONLY have broken anything seen? exit 0 safe, 1 would break, 2 could not tell",
+    )
+    _common(p)
+    p.add_argument(
+        "--registered",
+        metavar="HOST",
+        action="append",
+        default=[],
+        help="a host that will have a ServiceEntry (counts as covered); repeatable",
+    )
+    p.add_argument("--json", action="store_true", help="JSON verdict")
+    return parser
+
+
+def make_source(args: argparse.Namespace) -> Source:
+    if args.since_start and not args.proxies:
+        raise UsageError("--since-start only applies with --proxies")
+    if args.proxies:
+        window = Window.parse(args.window or DEFAULT_PROXIES_WINDOW)
+        method = "since-start" if args.since_start else "two-scrapes"
+        return ProxiesSource(args.proxies, method=method, interval=window.seconds)
+    return PrometheusSource(args.prometheus, Window.parse(args.window or DEFAULT_WINDOW))
+
+
+def _namespace(args: argparse.Namespace) -> str | None:
+    return None if args.all_namespaces else args.namespace
+
+
+def _print_queries(queries: Sequence[str], prefix: str = "") -> None:
+    print(f"{prefix}PromQL (paste into Prometheus's /graph page):")
+    for q in queries:
+        print("\n".join(f"{prefix}  {line}" for line in q.splitlines()))
+        print(prefix.rstrip())
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    rep = report.build_report(make_source(args), _namespace(args), egress_only=not args.all)
+    if args.json:
+        print(json.dumps(report.to_json(rep), indent=2))
+    else:
+        print(report.render_table(rep), end="")
+        if args.show_queries:
+            print()
+            _print_queries(rep.queries)
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    if args.all_namespaces:
+        raise UsageError("graph draws one namespace, as Kiali's namespace graph does: pass --namespace")
+    if args.since_start:
+        raise UsageError(
+            "the graph shows rates: use two scrapes (--proxies without --since-start) or Prometheus"
+        )
+    source = make_source(args)
+    graph = build_graph(source, args.namespace, rates=args.rates)
+    svg_path, html_path = render.write_graph(graph, args.out, subtitle=source.where())
+    if args.json:
+        print(json.dumps(graph.to_dict(), indent=2))
+    else:
+        print(
+            f"Wrote {svg_path} and {html_path}: {len(graph.nodes)} nodes, {len(graph.edges)} edges "
+            f"({source.where()})."
+        )
+        if args.show_queries:
+            _print_queries(graph.queries)
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    if args.all_namespaces:
+        raise UsageError("the console shows one namespace: pass --namespace")
+    if args.since_start:
+        raise UsageError("the console shows live rates: --since-start does not apply")
+    if args.proxies:
+        factory = console.ProxiesFactory(args.proxies)
+        label = f"{len(args.proxies)} proxies' /stats/prometheus, between refreshes"
+    else:
+        window = Window.parse(args.window or DEFAULT_WINDOW)
+        factory = console.prometheus_factory(args.prometheus, window)  # type: ignore[assignment]
+        label = f"Prometheus {args.prometheus.rstrip('/')}, last {window.text}"
+    con = console.Console(factory, args.namespace, args.refresh, label)
+    with contextlib.suppress(KeyboardInterrupt):
+        console.serve(con, args.host, args.port)
+    return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    source = make_source(args)
+    result = suggest.suggest(source, _namespace(args))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(suggest.render_yaml(result), end="")
+        if args.show_queries:
+            _print_queries(source.queries, prefix="# ")
+    return 0
+
+
+def cmd_lockdown(args: argparse.Namespace) -> int:
+    source = make_source(args)
+    verdict = lockdown.check(source, _namespace(args), args.registered)
+    if args.json:
+        print(json.dumps(verdict.to_dict(), indent=2))
+    else:
+        print(lockdown.render(verdict), end="")
+        if args.show_queries:
+            _print_queries(source.queries)
+    return verdict.exit_code
+
+
+COMMANDS = {
+    "report": cmd_report,
+    "graph": cmd_graph,
+    "console": cmd_console,
+    "suggest": cmd_suggest,
+    "lockdown-check": cmd_lockdown,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EgressWatchError as err:
+        if getattr(args, "json", False):
+            print(
+                json.dumps(
+                    {"error": str(err), "kind": type(err).__name__, "exit_code": err.exit_code}, indent=2
+                )
+            )
+        print(f"egresswatch {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130

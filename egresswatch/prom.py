@@ -1,0 +1,82 @@
+"""A minimal client for Prometheus's HTTP API (GET /api/v1/query), with errors a user can act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+
+from egresswatch.errors import QueryError, SourceUnreachable, UsageError
+
+# What to do when Prometheus does not answer; shared by every command's error message.
+UNREACHABLE_FIX = (
+    "Is the stack up? Run `make up` (the local mesh starts Prometheus on 127.0.0.1:9090), or pass "
+    "--prometheus with the URL of a running Prometheus (on a cluster: "
+    "`kubectl -n istio-system port-forward svc/prometheus 9090:9090`)."
+)
+
+
+@dataclass(frozen=True)
+class PromSample:
+    """One element of an instant vector: its labels and value."""
+
+    labels: dict[str, str]
+    value: float
+
+
+class PrometheusClient:
+    """Runs instant queries against one Prometheus base URL (e.g. http://127.0.0.1:9090)."""
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--prometheus {url!r} is not an http(s) URL, e.g. http://127.0.0.1:9090")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def query(self, promql: str) -> list[PromSample]:
+        """Evaluate promql at the server's current time; return the instant vector."""
+        endpoint = f"{self.url}/api/v1/query"
+        try:
+            resp = self.session.get(endpoint, params={"query": promql}, timeout=self.timeout)
+        except requests.ConnectionError as err:
+            raise SourceUnreachable(
+                f"Cannot reach Prometheus at {self.url} ({_reason(err)}). {UNREACHABLE_FIX}"
+            ) from err
+        except requests.Timeout as err:
+            raise SourceUnreachable(
+                f"Prometheus at {self.url} did not answer within {self.timeout:.0f} s. {UNREACHABLE_FIX}"
+            ) from err
+        try:
+            body = resp.json()
+        except ValueError as err:
+            raise QueryError(
+                f"{endpoint} answered HTTP {resp.status_code} with something that is not Prometheus's API "
+                f"(no JSON). Is --prometheus {self.url} really a Prometheus server?"
+            ) from err
+        if body.get("status") != "success":
+            raise QueryError(
+                f"Prometheus at {self.url} rejected the query ({body.get('errorType', 'error')}: "
+                f"{body.get('error', 'no message')}).\nQuery:\n{promql}"
+            )
+        data = body.get("data", {})
+        if data.get("resultType") != "vector":
+            raise QueryError(
+                f"Prometheus returned a {data.get('resultType')!r}, not a vector, for:\n{promql}"
+            )
+        return [PromSample(dict(r["metric"]), float(r["value"][1])) for r in data.get("result", [])]
+
+
+def _reason(err: Exception) -> str:
+    """The innermost, shortest cause of a requests connection error (e.g. "Connection refused")."""
+    text = str(err)
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "No route to host",
+        "Temporary failure in name resolution",
+        "timed out",
+    ):
+        if marker in text:
+            return marker.lower()
+    return text.splitlines()[0][:200]

@@ -1,0 +1,112 @@
+"""PromQL pieces: label matchers, windows, and the exact query text every command runs.
+
+Matchers render to PromQL and also evaluate in Python (`Matcher.matches`), so the proxies mode
+(no Prometheus) applies the very selectors that the printed queries show.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from egresswatch.errors import UsageError
+
+# Istio's metric names (istio/proxy istio_stats; DESIGN.md lists them).
+REQUESTS = "istio_requests_total"
+TCP_OPENED = "istio_tcp_connections_opened_total"
+TCP_SENT = "istio_tcp_sent_bytes_total"
+TCP_RECEIVED = "istio_tcp_received_bytes_total"
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class Window:
+    """A look-back window: the text the user gave (e.g. "1m") and its length in seconds."""
+
+    text: str
+    seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        """Parse a Prometheus duration with a single unit (30s, 1m, 5m, 2h); at least 1 s."""
+        m = _DURATION.match(text.strip())
+        if not m:
+            raise UsageError(f"--window {text!r} is not a duration like 30s, 1m, 5m or 1h")
+        seconds = int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        if seconds < 1:
+            raise UsageError(f"--window {text!r} is shorter than 1s; Prometheus needs two samples in it")
+        return cls(text.strip(), float(seconds))
+
+    @property
+    def range_seconds(self) -> str:
+        """The window as Kiali writes it in its queries: whole seconds, e.g. "60s"."""
+        return f"{int(self.seconds)}s"
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """One PromQL label matcher: label, op (=, !=, =~, !~) and value (a regex for =~ and !~)."""
+
+    label: str
+    op: str
+    value: str
+
+    def promql(self) -> str:
+        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'{self.label}{self.op}"{escaped}"'
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Prometheus semantics: a missing label is "", regexes are fully anchored."""
+        actual = labels.get(self.label, "")
+        if self.op == "=":
+            return actual == self.value
+        if self.op == "!=":
+            return actual != self.value
+        hit = re.fullmatch(self.value, actual) is not None
+        return hit if self.op == "=~" else not hit
+
+
+def eq(label: str, value: str) -> Matcher:
+    return Matcher(label, "=", value)
+
+
+def ne(label: str, value: str) -> Matcher:
+    return Matcher(label, "!=", value)
+
+
+def re_eq(label: str, value: str) -> Matcher:
+    return Matcher(label, "=~", value)
+
+
+def selector(metric: str, matchers: Sequence[Matcher]) -> str:
+    return f"{metric}{{{','.join(m.promql() for m in matchers)}}}"
+
+
+def all_match(matchers: Iterable[Matcher], labels: Mapping[str, str]) -> bool:
+    return all(m.matches(labels) for m in matchers)
+
+
+def counts_query(metric: str, matchers: Sequence[Matcher], by: Sequence[str], window: Window) -> str:
+    """How many requests (or connections, bytes) each label group saw in the window.
+
+    `increase()` alone misses a series' first value: Istio creates a series at its first request, so
+    a host called once in the window would count 0 (and could slip past the lock-down check). The
+    `unless ... offset` part takes the whole value of series that did not exist one window ago.
+    Prometheus matches `or` on labels ignoring the metric name, so each series is counted once.
+    """
+    sel = selector(metric, matchers)
+    return (
+        f"sum by ({', '.join(by)}) (\n"
+        f"  ({sel} unless {sel} offset {window.text})\n"
+        f"  or increase({sel}[{window.text}])\n"
+        f") > 0"
+    )
+
+
+def kiali_rate_query(metric: str, matchers: Sequence[Matcher], by: Sequence[str], window: Window) -> str:
+    """Kiali's graph query shape, character for character (kiali/kiali graph/telemetry/istio/istio.go):
+    sum(rate(M{...} [60s])) by (...) > 0, the "> 0" being its idle-edge filter."""
+    return f"sum(rate({selector(metric, matchers)} [{window.range_seconds}])) by ({','.join(by)}) > 0"

@@ -1,0 +1,7 @@
+"""`python -m localmesh ...`: see localmesh.cli."""
+
+import sys
+
+from localmesh.cli import main
+
+sys.exit(main())

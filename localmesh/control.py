@@ -1,0 +1,117 @@
+"""The local control plane: keep the applied config, turn it into route tables, push them to proxies.
+
+What istiod does on a cluster, in three steps: the applied objects live in the stack's state folder
+(the stand-in for the API server), `routes.build_tables` compiles them, and each table is written
+to the file its proxy starts from and POSTed to the running proxy's admin endpoint (the stand-in for
+an xDS push). Proxies swap tables atomically, so nothing restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from localmesh.config import ApplyResult, ClusterState
+from localmesh.routes import BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY, RouteTable, build_tables, decide_outbound
+from localmesh.stack import EXTERNAL_HOST, ROOT, Paths, Ports, addresses, proxy_admins
+
+DEFAULT_MESH_CONFIG = ROOT / "manifests" / "istio" / "mesh-allow-any.yaml"
+DEFAULT_OVERLAY = ROOT / "manifests" / "overlays" / "passthrough"
+PUSH_TIMEOUT = 5.0
+
+
+class PushError(RuntimeError):
+    """A running proxy refused or missed a config push; the message names the proxy and the fix."""
+
+
+def load_state(paths: Paths) -> ClusterState:
+    if paths.config_file.exists():
+        return ClusterState.from_json(paths.config_file.read_text(), origin=str(paths.config_file))
+    return ClusterState()
+
+
+def save_state(paths: Paths, state: ClusterState) -> None:
+    paths.config_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = paths.config_file.with_suffix(".tmp")
+    tmp.write_text(state.to_json())
+    tmp.replace(paths.config_file)
+
+
+def tables_for(state: ClusterState, ports: Ports) -> dict[str, RouteTable]:
+    mesh, _ = state.mesh()
+    return build_tables(mesh, addresses(ports))
+
+
+def write_tables(paths: Paths, tables: dict[str, RouteTable]) -> None:
+    """The files proxies (re)start from, so a restarted proxy comes back with the current config."""
+    for name, table in tables.items():
+        target = paths.routes_file(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(table.to_json())
+        tmp.replace(target)
+
+
+def push(tables: dict[str, RouteTable], ports: Ports) -> list[str]:
+    """POST each table to its proxy's admin endpoint; raise PushError naming any proxy that refused."""
+    lines = []
+    for name, admin in proxy_admins(ports).items():
+        request = urllib.request.Request(f"{admin}/routes", data=tables[name].to_json().encode(), method="POST",
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=PUSH_TIMEOUT) as resp:
+                version = json.loads(resp.read()).get("version", "?")
+        except urllib.error.HTTPError as err:
+            raise PushError(f"{name}'s proxy ({admin}) refused the route table: HTTP {err.code} "
+                            f"{err.read().decode(errors='replace')[:300]}") from err
+        except OSError as err:
+            raise PushError(f"{name}'s proxy ({admin}) did not take the push: {err}. Is the stack healthy? "
+                            f"Check `localmesh status`; the config is saved and is used when the stack starts.") from err
+        lines.append(f"pushed to {name} (version {version})")
+    return lines
+
+
+def prepare(paths: Paths, ports: Ports, overlay: Path | None) -> None:
+    """Before `up`: make sure there is an applied config (the mesh default + an overlay) and route files."""
+    state = load_state(paths)
+    if not len(state):
+        state.apply_file(DEFAULT_MESH_CONFIG)
+    if overlay is not None or not paths.config_file.exists():
+        state.apply_kustomization(overlay or DEFAULT_OVERLAY)
+    save_state(paths, state)
+    write_tables(paths, tables_for(state, ports))
+
+
+def apply(paths: Paths, kustomize: Path | None, file: Path | None, ports: Ports | None) -> list[str]:
+    """`localmesh apply`: validate and record the objects, then push to the running proxies (if ports)."""
+    state = load_state(paths)
+    if not len(state):
+        state.apply_file(DEFAULT_MESH_CONFIG)
+    result: ApplyResult = state.apply_kustomization(kustomize) if kustomize else state.apply_file(file)
+    lines = [str(change) for change in result.changes]
+    lines += [f"warning: {w}" for w in result.warnings]
+    save_state(paths, state)
+    lines.append(f"egress policy for recipes: {describe(state)}")
+    if ports is not None:
+        tables = tables_for(state, ports)
+        write_tables(paths, tables)
+        lines += push(tables, ports)
+    return lines
+
+
+def describe(state: ClusterState) -> str:
+    """Which of the three options the applied config amounts to, as idgen's sidecar would route."""
+    table = tables_for(state, Ports())["idgen"]
+    cluster = decide_outbound(table, EXTERNAL_HOST, 80, "http").cluster
+    policy = table.outbound_policy
+    option = {PASSTHROUGH: "passthrough", BLACKHOLE: "blackhole"}.get(cluster, "serviceentry")
+    if option == "serviceentry" and policy != REGISTRY_ONLY:
+        option = "serviceentry (under ALLOW_ANY)"
+    return f"{policy} ({table.policy_source}); {EXTERNAL_HOST}:80 -> {cluster}: option {option}"
+
+
+def current_option(paths: Paths) -> str:
+    state = load_state(paths)
+    return describe(state) if len(state) else "none applied yet"

@@ -1,0 +1,225 @@
+"""`make demo`: the three egress options, one after another, on the local mesh.
+
+For each option: apply its overlay (pushed live, as istiod would), create N recipes through the
+site over real HTTP, then print what the site saw, what the metrics say (from Prometheus when it
+runs, else straight from the proxies, and it says which), and a verdict against DESIGN.md's table.
+Exits 1 if any option behaves differently from that table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from egresswatch import exposition
+from egresswatch.prom import PrometheusClient
+from localmesh import cli, control
+from localmesh.expected import EGRESS_SELECTOR, EXPECTATIONS, OPTIONS, Expectation
+from localmesh.stack import ROOT, Paths, StackState, default_state_dir, proxy_admins, urls
+
+REQUESTS_METRIC = "istio_requests_total"
+# Labels Prometheus adds at scrape time; the proxies' own label set is what the verdict compares.
+TARGET_LABELS = frozenset({"__name__", "instance", "job", "namespace", "pod"})
+PROMETHEUS_CATCH_UP = 15.0  # seconds to wait for Prometheus to scrape the step's last requests
+
+Series = frozenset[tuple[str, str]]
+
+
+@dataclass
+class SiteOutcome:
+    """What the recipe site answered to the step's creations."""
+
+    created: int = 0
+    failures: Counter = field(default_factory=Counter)  # (status, error code) -> count
+    first_message: str = ""
+    statuses: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+
+
+def create_recipes(site: str, n: int, option: str) -> SiteOutcome:
+    """POST n recipes to the site's JSON API, as n users pressing "Save" one after another."""
+    outcome = SiteOutcome()
+    with requests.Session() as session:
+        for i in range(n):
+            recipe = {"title": f"Demo soup {i + 1} ({option})", "author": "make demo",
+                      "ingredients": ["water", "salt"], "steps": "Boil the water. Add salt."}
+            resp = session.post(f"{site}/api/recipes", json=recipe, timeout=15)
+            outcome.statuses[resp.status_code] += 1
+            if resp.status_code == 201:
+                outcome.created += 1
+                continue
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"error": "not_json", "message": resp.text[:200]}
+            outcome.errors[body.get("error")] += 1
+            outcome.failures[(resp.status_code, body.get("error"))] += 1
+            outcome.first_message = outcome.first_message or str(body.get("message", ""))
+    return outcome
+
+
+def _egress(labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in EGRESS_SELECTOR.items())
+
+
+class Counters:
+    """Raw istio_requests_total counter values of idgen's egress series, from one of two places."""
+
+    def __init__(self, state: StackState) -> None:
+        self.proxy_urls = [f"{admin}/stats/prometheus" for admin in proxy_admins(state.ports).values()]
+        prom = urls(state.ports, state.prometheus).get("prometheus")
+        self.prometheus = PrometheusClient(prom) if prom else None
+        self.where = (f"Prometheus {prom}" if prom else
+                      "the proxies' /stats/prometheus directly (no prometheus binary installed)")
+
+    def direct(self) -> dict[Series, float]:
+        snap = exposition.scrape(self.proxy_urls, [REQUESTS_METRIC])
+        out: dict[Series, float] = {}
+        for (_proxy, (_metric, pairs)), value in snap.samples().items():
+            if _egress(dict(pairs)):
+                # Prometheus drops empty-valued labels (grpc_response_status="" on plain HTTP): so do we.
+                key = frozenset((k, v) for k, v in pairs if v)
+                out[key] = out.get(key, 0.0) + value
+        return out
+
+    def from_prometheus(self) -> dict[Series, float]:
+        assert self.prometheus is not None
+        selector = ",".join(f'{k}="{v}"' for k, v in EGRESS_SELECTOR.items())
+        out: dict[Series, float] = {}
+        for sample in self.prometheus.query(f"{REQUESTS_METRIC}{{{selector}}}"):
+            key = frozenset((k, v) for k, v in sample.labels.items() if k not in TARGET_LABELS)
+            out[key] = out.get(key, 0.0) + sample.value
+        return out
+
+    def now(self) -> dict[Series, float]:
+        """Current counters; from Prometheus once it has scraped everything the proxies have counted."""
+        truth = self.direct()
+        if self.prometheus is None:
+            return truth
+        deadline = time.monotonic() + PROMETHEUS_CATCH_UP
+        while time.monotonic() < deadline:
+            if self.from_prometheus() == truth:
+                return truth
+            time.sleep(0.25)
+        print(f"    (Prometheus had not scraped the latest counters after {PROMETHEUS_CATCH_UP:.0f} s; "
+              f"these numbers come from the proxies directly)")
+        return truth
+
+
+def delta(before: Mapping[Series, float], after: Mapping[Series, float]) -> dict[Series, float]:
+    """Per series, how much the counter grew (a series new since `before` counts from 0)."""
+    grown = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    return {k: v for k, v in grown.items() if v > 0}
+
+
+BREAKDOWN = ("destination_service", "destination_service_name", "destination_service_namespace",
+             "response_code", "response_flags")
+
+
+def render_breakdown(grown: Mapping[Series, float]) -> list[str]:
+    rows = Counter()
+    for series, value in grown.items():
+        labels = dict(series)
+        rows[tuple(labels.get(k, "") for k in BREAKDOWN)] += value
+    header = ("destination_service", "destination_service_name", "dest_svc_namespace", "code", "flags", "requests")
+    table = [header] + [(*key, f"{value:.0f}") for key, value in sorted(rows.items())]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table] or []
+
+
+def verdict(exp: Expectation, n: int, site: SiteOutcome, grown: Mapping[Series, float]) -> list[str]:
+    """Every way this step differs from DESIGN.md's table; empty when it matches."""
+    problems = []
+    if site.statuses != Counter({exp.site_status: n}):
+        problems.append(f"the site answered {dict(site.statuses)}, expected {exp.site_status} for all {n}")
+    if exp.site_error and site.errors != Counter({exp.site_error: n}):
+        problems.append(f"the site's error codes were {dict(site.errors)}, expected {exp.site_error!r} for all {n}")
+    matching = sum(v for s, v in grown.items() if all(dict(s).get(k) == want for k, want in exp.series.items()))
+    total = sum(grown.values())
+    if matching != n:
+        wanted = ", ".join(f'{k}="{v}"' for k, v in exp.series.items())
+        problems.append(f"{matching:.0f} of {n} requests landed in the expected series {{{wanted}}}")
+    if total != matching:
+        problems.append(f"{total - matching:.0f} requests landed in other egress series")
+    return problems
+
+
+def run_option(option: str, n: int, state: StackState, paths: Paths, counters: Counters) -> bool:
+    exp = EXPECTATIONS[option]
+    number = OPTIONS.index(option) + 1
+    print(f"\n=== Option {number}: {option}: {exp.summary}")
+    overlay = ROOT / "manifests" / "overlays" / option
+    print(f"$ localmesh apply -k manifests/overlays/{option}")
+    for line in control.apply(paths, kustomize=overlay, file=None, ports=state.ports):
+        if "unchanged" not in line:
+            print(f"    {line}")
+    before = counters.now()
+    site = create_recipes(urls(state.ports, state.prometheus)["site"], n, option)
+    grown = delta(before, counters.now())
+    failed = ", ".join(f"{count} x {status} {code}" for (status, code), count in sorted(site.failures.items()))
+    print(f"Site: {site.created} of {n} recipes created" + (f"; failed: {failed}" if failed else ""))
+    if site.first_message:
+        print(f"    the site said: {site.first_message[:300]}")
+    print(f"Metrics: growth of istio_requests_total{{reporter=\"source\",source_workload=\"idgen\"}} during this "
+          f"step, from {counters.where}:")
+    for line in render_breakdown(grown):
+        print(line)
+    problems = verdict(exp, n, site, grown)
+    if problems:
+        print(f"Verdict: MISMATCH with DESIGN.md for {option}: " + "; ".join(problems))
+        return False
+    series = ", ".join(f"{k}={v}" for k, v in exp.series.items() if k != "destination_service")
+    print(f"Verdict: OK: {option} behaves as on a real mesh ({series}).")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localmesh.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("options", nargs="*", metavar="OPTION",
+                        help=f"which options to run, in order: {', '.join(OPTIONS)} (default: all three)")
+    parser.add_argument("-n", type=int, default=10, help="recipes to create per option (default 10)")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the stack running afterwards (it always stays up if it was already running)")
+    parser.add_argument("--state-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    unknown = [o for o in args.options if o not in OPTIONS]
+    if unknown:
+        parser.error(f"unknown option(s) {', '.join(unknown)}; choose from {', '.join(OPTIONS)}")
+    args.options = args.options or list(OPTIONS)
+    paths = Paths(args.state_dir or default_state_dir())
+    started_here = cli.running_state(paths) is None
+    if started_here:
+        print("Starting the local mesh (localmesh up) ...")
+        code = cli.main(["--state-dir", str(paths.state_dir), "up"])
+        if code != 0:
+            return code
+    state = cli.running_state(paths)
+    if state is None or state.phase != "ready":
+        print("demo: the local mesh is not ready; see `localmesh status`", file=sys.stderr)
+        return 1
+    try:
+        counters = Counters(state)
+        results = {option: run_option(option, args.n, state, paths, counters) for option in args.options}
+    finally:
+        if started_here and not args.keep:
+            print()
+            cli.main(["--state-dir", str(paths.state_dir), "down"])
+    print()
+    for option, ok in results.items():
+        print(f"  {option:<13} {'OK' if ok else 'MISMATCH'}")
+    if all(results.values()):
+        print("All options behave as DESIGN.md says.")
+        return 0
+    print("Some options differ from DESIGN.md (see above).", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""A client's connection to one of the proxy's listeners: HTTP/1.x parsing with httptools,
+keep-alive, pipelining (answered in order), flow control, protocol errors, CONNECT tunnels.
+
+Envoy behaviours imitated (envoy http1 `codec_impl.cc`, `conn_manager_impl.cc`):
+- a request that cannot be parsed is answered by a local reply whose body is the status text
+  ("Bad Request"), with `connection: close`, response flag "DPE", and the connection is closed;
+- an HTTP/1.0 request on a listener that does not accept HTTP/1.0 gets 426 "Upgrade Required";
+- reading pauses while a pipelined request waits for the one before it;
+- a connection with no request for the idle timeout is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+import httptools
+
+from localmesh.exchange import Exchange
+from localmesh.http1 import REASONS
+from localmesh.state import Listener, ProxyState
+from localmesh.tunnel import Tunnel
+
+
+class Downstream(asyncio.Protocol):
+    """One accepted client connection."""
+
+    def __init__(self, state: ProxyState, listener: Listener) -> None:
+        self.state = state
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.current: Exchange | None = None  # the exchange whose response is being produced
+        self.parsing: Exchange | None = None  # the exchange whose request is being parsed
+        self.queue: deque[Exchange] = deque()  # pipelined requests waiting for `current`
+        self.paused: set[str] = set()
+        self.closing = False  # no further request will be served: answers carry connection: close
+        self.broken = False  # the request stream cannot be parsed any further
+        self.closed = False
+        self.error: Exchange | None = None  # a malformed pipelined request, answered in turn
+        self.tunnel: Tunnel | None = None
+        self.last_active = time.monotonic()
+        self.peer_ip = b"-"
+        self.corked = False
+        self.out: list[bytes] = []
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip = str(peer[0]).encode()
+        self.state.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        if self.tunnel is not None:
+            self.tunnel.from_downstream(data)
+            return
+        if self.closing or self.broken:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[exc.args[0] :])
+            return
+        except httptools.HttpParserError:
+            self.protocol_error(400, self.parsing)
+        current = self.current
+        # Routing happens after the whole buffer is parsed, so a small body that came with the
+        # headers is already complete when the request is answered.
+        if current is not None and current.headers_done and not current.started:
+            current.begin()
+
+    def eof_received(self) -> bool:
+        if self.tunnel is not None:
+            self.tunnel.downstream_eof()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            return
+        current = self.current
+        self.queue.clear()
+        if current is not None and current.started and not current.done:
+            current.downstream_lost()
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.pause_upstream(True)
+        elif self.current is not None and self.current.upstream is not None:
+            self.current.upstream.pause_reading(True)
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.pause_upstream(False)
+        elif self.current is not None and self.current.upstream is not None:
+            self.current.upstream.pause_reading(False)
+
+    # --- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        exchange = Exchange(self, self.state, self.listener)
+        self.parsing = exchange
+        if self.current is None:
+            self.current = exchange
+        else:
+            self.queue.append(exchange)
+            self.pause("pipeline")
+
+    def on_url(self, url: bytes) -> None:
+        self.parsing.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.parsing.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.parsing.headers_complete(self.parser)
+
+    def on_body(self, body: bytes) -> None:
+        self.parsing.request_body(body)
+
+    def on_chunk_complete(self) -> None:
+        self.parsing.chunk_complete()
+
+    def on_message_complete(self) -> None:
+        exchange, self.parsing = self.parsing, None
+        exchange.request_complete()
+
+    # --- used by exchanges --------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.corked:
+            self.out.append(data)
+        elif not self.closed:
+            self.transport.write(data)
+
+    def cork(self) -> None:
+        """Collect writes until uncork(): a response head and body go out in one send."""
+        self.corked = True
+
+    def uncork(self) -> None:
+        self.corked = False
+        if self.out:
+            out, self.out = self.out, []
+            if not self.closed:
+                self.transport.write(b"".join(out))
+
+    def close_transport(self) -> None:
+        """Close after what is written (and still corked) has been sent."""
+        self.uncork()
+        if not self.closed:
+            self.transport.close()
+
+    def pause(self, reason: str) -> None:
+        if not self.paused and not self.closed:
+            self.transport.pause_reading()
+        self.paused.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self.paused:
+            self.paused.discard(reason)
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """End the connection after what is already written (a reset, as far as the client can tell)."""
+        self.closing = True
+        self.close_transport()
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        self.last_active = time.monotonic()
+        if self.closed or exchange is not self.current:
+            return
+        if exchange.close_after:
+            self.closing = True
+            self.queue.clear()
+            self.close_transport()
+            return
+        self.current = self.queue.popleft() if self.queue else None
+        if not self.queue:
+            self.resume("pipeline")
+        current = self.current
+        if current is None:
+            return
+        if current is self.error:
+            self._answer_error(current)
+        elif current.headers_done and not current.started:
+            current.begin()
+
+    def protocol_error(self, code: int, exchange: Exchange | None) -> None:
+        """A request that breaks HTTP/1.1 (or HTTP/1.0 where refused): local reply, then close.
+
+        Requests before it on the connection are answered first (in order), then this one.
+        """
+        self.broken = True
+        self.pause("error")
+        if exchange is None:
+            exchange = Exchange(self, self.state, self.listener)
+            if self.current is None:
+                self.current = exchange
+            else:
+                self.queue.append(exchange)
+        exchange.status = code
+        if exchange is self.current:
+            self._answer_error(exchange)
+        else:
+            self.error = exchange
+
+    def _answer_error(self, exchange: Exchange) -> None:
+        self.closing = True
+        exchange.started = True
+        exchange.local_reply(exchange.status, REASONS[exchange.status], "DPE", close=True)
+
+    def check_timeouts(self, now: float) -> None:
+        """Idle, request and route timeouts (called by the proxy's periodic sweep)."""
+        if self.tunnel is not None or self.closed:
+            return
+        current = self.current
+        if current is None:
+            idle = self.state.timeouts.idle
+            if idle and now - self.last_active > idle:
+                self.closing = True
+                self.close_transport()
+        elif not current.done:
+            current.check_timeouts(now)
+
+    # --- upgrades -----------------------------------------------------------------------------
+
+    def _upgrade(self, rest: bytes) -> None:
+        exchange = self.queue[-1] if self.queue else self.current
+        if exchange is None or exchange is not self.current:
+            # An upgrade pipelined behind another request is not supported.
+            self.protocol_error(400, exchange)
+            return
+        self.parsing = None
+        if not exchange.req_complete:
+            exchange.request_complete()
+        if exchange.method == b"CONNECT" and self.listener.kind == "outbound":
+            # The sidecar's TCP path (HTTPS egress through HTTPS_PROXY).
+            self.current = None
+            self.parsing = None
+            self.tunnel = Tunnel(self, exchange.url, rest)
+            self.tunnel.start()
+            return
+        if exchange.method == b"CONNECT":
+            # No route matches a CONNECT on a gateway or inbound listener.
+            exchange.started = True
+            exchange.local_reply(404, b"", "NR", close=True)
+            return
+        # Other upgrades (websocket) are not supported: forward as a plain request without the
+        # Upgrade headers (they are hop-by-hop) on a fresh parser.
+        self.parser = httptools.HttpRequestParser(self)
+        exchange.begin()
+        if rest and not self.closing:
+            self.data_received(rest)

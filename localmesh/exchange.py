@@ -1,0 +1,677 @@
+"""One proxied HTTP request and its response: routing, forwarding, retries, local replies, metrics.
+
+An Exchange is created when a request starts on a downstream connection (localmesh.downstream),
+routed once its headers are parsed, and finished when its response has been written. Envoy
+behaviours imitated here, with their sources:
+- header rewriting: hop-by-hop headers dropped, `server` overwritten, `date` kept or added,
+  `x-envoy-upstream-service-time` on proxied responses, `x-envoy-attempt-count` on client-side
+  upstream requests, `x-forwarded-proto`, `x-request-id` (envoy conn_manager_utility.cc, router.cc;
+  istio ProxyHeaders defaults);
+- absolute-form requests rewritten to origin-form with Host from the URL (RFC 7230 5.7, envoy
+  http1 codec `handlePath`);
+- Istio's default retry policy on client-side routes except the passthrough route: 2 retries on
+  connect-failure and on a 503 response (istio pilot/pkg/networking/core/route/retry DefaultPolicy;
+  httproute.go buildCatchAllVirtualHost has no retry policy); flags "URX" when the retries run out;
+- local reply bodies and flags: 503 "upstream connect error or disconnect/reset before headers.
+  [retried and the latest ]reset reason: ..., transport failure reason: ..." (UF/URX,UF/UC/UPE),
+  503 "no healthy upstream" (UH), 504 "upstream request timeout" (UT), 404 NR with no body,
+  408 "request timeout", 0 + "DC" when the client goes away (envoy router.cc, conn_manager_impl.cc);
+- peer metadata exchange (localmesh.peer_metadata) and Istio's metric labels (localmesh.telemetry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+from random import getrandbits
+from typing import TYPE_CHECKING
+
+import httptools
+
+from localmesh import http1, peer_metadata
+from localmesh.http1 import CRLF, DATE, HOP_BY_HOP, LAST_CHUNK
+from localmesh.routes import PASSTHROUGH, UNKNOWN, Service, Workload
+from localmesh.state import UNKNOWN_SERVICE, Listener, ProxyState
+from localmesh.upstream import Address, UpstreamConnection
+
+if TYPE_CHECKING:
+    from localmesh.downstream import Downstream
+
+# Envoy's retry buffer limit is the connection buffer limit; bodies above it are not retried.
+RETRY_BUFFER_LIMIT = 1024 * 1024
+# Downstream reading pauses while this much request body waits for an upstream connection.
+PENDING_LIMIT = 256 * 1024
+RETRIES = 2  # Istio DefaultPolicy NumRetries
+RETRY_BASE = 0.025  # Envoy's default retry back-off base interval (25 ms), fully jittered
+
+CONNECT_ERROR = b"upstream connect error or disconnect/reset before headers. "
+SKIP_REQUEST = HOP_BY_HOP | peer_metadata.HEADERS | {b"expect"}
+SKIP_RESPONSE = HOP_BY_HOP | peer_metadata.HEADERS | {b"server"}
+
+
+def request_id() -> bytes:
+    """A random (version 4) UUID for x-request-id, as Envoy generates when the request has none.
+
+    Built from random.getrandbits: an ID, not a secret, and several times cheaper than uuid.uuid4().
+    """
+    bits = getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48) | (0x4000 << 64) | (0x8000 << 48)
+    h = b"%032x" % bits
+    return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
+def _mesh_service(service: Service) -> bool:
+    """Destinations that are Kubernetes services in the mesh get (stand-in) mutual TLS."""
+    return service.host.endswith(".svc.cluster.local")
+
+
+class Exchange:
+    """A request/response pair on one downstream connection."""
+
+    __slots__ = (
+        "address",
+        "attempts",
+        "authority",
+        "body_framing",
+        "can_retry",
+        "chunk_size",
+        "close_after",
+        "decision_cluster",
+        "discarding",
+        "done",
+        "down",
+        "down_md",
+        "down_mx_id",
+        "down_mx_md",
+        "down_peer",
+        "down_principal",
+        "flags",
+        "head",
+        "head_request",
+        "headers",
+        "headers_done",
+        "http10",
+        "keep_alive",
+        "listener",
+        "method",
+        "mtls_upstream",
+        "pending",
+        "pending_size",
+        "replay",
+        "replay_size",
+        "req_bytes",
+        "req_complete",
+        "req_done_at",
+        "resp_bytes",
+        "resp_chunked",
+        "resp_started",
+        "sent_at",
+        "service",
+        "start",
+        "started",
+        "state",
+        "status",
+        "up_mtls",
+        "up_peer",
+        "upgrade",
+        "upstream",
+        "url",
+        "written",
+    )
+
+    def __init__(self, down: Downstream, state: ProxyState, listener: Listener) -> None:
+        self.down = down
+        self.state = state
+        self.listener = listener
+        self.start = time.monotonic()
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = b""
+        self.http10 = False
+        self.keep_alive = True
+        self.head_request = False
+        self.upgrade = False
+        self.headers_done = False
+        self.started = False
+        self.req_complete = False
+        self.req_done_at = 0.0
+        self.req_bytes = 0
+        self.body_framing = b""
+        self.chunk_size = 0
+        self.authority = b""
+        self.head = b""
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        self.written = False
+        self.upstream: UpstreamConnection | None = None
+        self.address: Address | None = None
+        self.service: Service = UNKNOWN_SERVICE
+        self.decision_cluster = ""
+        self.can_retry = False
+        self.attempts = 0
+        self.discarding = False
+        self.sent_at = 0.0
+        self.resp_started = False
+        self.resp_chunked = False
+        self.resp_bytes = 0
+        self.status = 0
+        self.flags = "-"
+        self.close_after = False
+        self.done = False
+        self.down_peer: Workload = UNKNOWN
+        self.down_principal: bytes | None = None
+        self.down_mx_id = False
+        self.down_mx_md = False
+        self.down_md: bytes | None = None
+        self.up_peer: Workload = UNKNOWN
+        self.mtls_upstream = False
+        self.up_mtls = False
+
+    # --- request side (called by the downstream connection) ------------------------------------
+
+    def headers_complete(self, parser: httptools.HttpRequestParser) -> None:
+        self.method = parser.get_method()
+        self.http10 = parser.get_http_version() == "1.0"
+        self.keep_alive = parser.should_keep_alive()
+        self.upgrade = parser.should_upgrade()
+        self.head_request = self.method == b"HEAD"
+        self.headers_done = True
+        # Wire size of the request line and headers as received (canonical "name: value" form).
+        size = len(self.method) + len(self.url) + 14  # " ", " HTTP/1.1\r\n", final "\r\n"
+        for name, value in self.headers:
+            size += len(name) + len(value) + 4
+            if name == b"transfer-encoding":
+                # llhttp accepts only a final "chunked" coding in requests; the body is re-chunked.
+                self.body_framing = b"chunked"
+        self.req_bytes += size
+
+    def request_body(self, data: bytes) -> None:
+        self.req_bytes += len(data)
+        self.chunk_size += len(data)
+        if self.done:
+            return
+        if self.body_framing == b"chunked":
+            data = http1.chunk(data)
+        self._send_body(data)
+
+    def chunk_complete(self) -> None:
+        # Chunk framing on the wire: size line and CRLF after the data.
+        self.req_bytes += len(b"%x" % self.chunk_size) + 4
+        self.chunk_size = 0
+
+    def request_complete(self) -> None:
+        self.req_complete = True
+        self.req_done_at = time.monotonic()
+        if self.done:
+            return
+        if self.body_framing == b"chunked":
+            self._send_body(LAST_CHUNK)
+
+    def _send_body(self, data: bytes) -> None:
+        if self.replay is not None:
+            self.replay_size += len(data)
+            if self.replay_size > RETRY_BUFFER_LIMIT:
+                self.replay = None
+            else:
+                self.replay.append(data)
+        upstream = self.upstream
+        if upstream is not None and self.written:
+            upstream.write(data)
+        else:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > PENDING_LIMIT:
+                self.down.pause("pending")
+
+    # --- routing ------------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Route the request (headers are complete) and start forwarding or answer locally."""
+        self.started = True
+        listener = self.listener
+        if self.http10 and not listener.http10:
+            # Envoy's codec rejects HTTP/1.0 on listeners without accept_http_10.
+            self.down.protocol_error(426, self)
+            return
+        url = self.url
+        authority = None
+        for name, value in self.headers:
+            if name == b"host":
+                authority = value
+                break
+        if url[:1] == b"/":
+            path = url
+        elif url[:7].lower() == b"http://":
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                self.down.protocol_error(400, self)
+                return
+            authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+            path = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+        elif url == b"*" and self.method == b"OPTIONS":
+            path = url
+        else:
+            self.down.protocol_error(400, self)
+            return
+        if authority is None:
+            if not self.http10:
+                # HTTP/1.1 requires Host (envoy HeaderUtility::requestHeadersValid).
+                self.down.protocol_error(400, self)
+                return
+            authority = b""
+        self.authority = authority
+        state = self.state
+        table = state.table
+        kind = listener.kind
+        if kind == "inbound":
+            self.address = state.app
+            self.service = state.service
+        elif kind == "gateway":
+            decision = state.decide_ingress(table, authority.decode("latin-1"), path.decode("latin-1"))
+            if decision is None:
+                self.local_reply(404, b"", "NR")
+                return
+            self._use(decision)
+        else:
+            try:
+                host, port = http1.split_authority(authority)
+            except ValueError:
+                self.down.protocol_error(400, self)
+                return
+            decision = state.decide_outbound(table, host, port, "http")
+            self._use(decision)
+            if decision.upstream is None:
+                # BlackHoleCluster: Istio's block_all route is a direct response 502 with no body;
+                # a direct response sets no response flag.
+                self.local_reply(502, b"", "-")
+                return
+        self.head = self._build_head(path)
+        if not self.req_complete and self._expects_continue():
+            # Envoy answers Expect: 100-continue itself and strips it (proxy_100_continue off).
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._acquire()
+
+    def _use(self, decision) -> None:
+        self.service = decision.service
+        self.decision_cluster = decision.cluster
+        self.address = decision.upstream
+        self.can_retry = self.listener.retries and decision.cluster != PASSTHROUGH
+        self.mtls_upstream = _mesh_service(decision.service)
+
+    def _expects_continue(self) -> bool:
+        return any(name == b"expect" and value.lower() == b"100-continue" for name, value in self.headers)
+
+    def _build_head(self, path: bytes) -> bytes:
+        """Request line and headers for the upstream, without the attempt count and final CRLF."""
+        listener = self.listener
+        kind = listener.kind
+        headers = self.headers
+        out = [self.method, b" ", path, b" HTTP/1.1\r\n"]
+        skip = SKIP_REQUEST
+        extra = http1.connection_tokens(headers)
+        if extra:
+            skip = skip | extra
+        has_xfp = has_rid = has_host = False
+        xff = None
+        mx_id = mx_md = False
+        principal = None
+        for name, value in headers:
+            if name in skip:
+                if kind == "inbound":
+                    if name == peer_metadata.HEADER_METADATA:
+                        self.down_md = value
+                        mx_md = True
+                    elif name == peer_metadata.HEADER_ID:
+                        mx_id = True
+                    elif name == peer_metadata.HEADER_PRINCIPAL:
+                        principal = value
+                continue
+            if name == b"host":
+                # Absolute-form: the Host of the URL wins (RFC 7230 5.7).
+                if has_host:
+                    continue
+                has_host = True
+                value = self.authority
+            elif name == b"x-forwarded-proto":
+                has_xfp = True
+            elif name == b"x-request-id":
+                has_rid = True
+            elif name == b"x-forwarded-for" and kind == "gateway":
+                xff = value
+                continue
+            out += (name, b": ", value, CRLF)
+        if not has_host and self.authority:
+            out += (b"host: ", self.authority, CRLF)
+        if self.body_framing == b"chunked":
+            out.append(b"transfer-encoding: chunked\r\n")
+        if kind == "gateway":
+            # Gateways use the remote address (use_remote_address: true) and append it to XFF.
+            client = self.down.peer_ip
+            out += (b"x-forwarded-for: ", xff + b"," + client if xff else client, CRLF)
+            out += (b"x-envoy-external-address: ", client, CRLF)
+        if not has_xfp:
+            out.append(b"x-forwarded-proto: http\r\n")
+        if not has_rid:
+            out += (b"x-request-id: ", request_id(), CRLF)
+        if kind == "inbound":
+            self.down_mx_id = mx_id
+            self.down_mx_md = mx_md
+            self.down_principal = principal
+            if mx_md or principal is not None:
+                self.down_peer = self.state.peers.lookup(self.down_md, principal)
+        else:
+            identity = self.state.identity
+            out += (peer_metadata.HEADER_ID, b": ", identity.id_value, CRLF)
+            out += (peer_metadata.HEADER_METADATA, b": ", identity.metadata_value, CRLF)
+            if self.mtls_upstream and identity.workload.principal != "unknown":
+                out += (peer_metadata.HEADER_PRINCIPAL, b": ", identity.principal_value, CRLF)
+        return b"".join(out)
+
+    # --- upstream connection ------------------------------------------------------------------
+
+    def _acquire(self) -> None:
+        address = self.address
+        conn = self.state.pool.take(address)
+        if conn is not None:
+            self._attach(conn)
+        else:
+            asyncio.get_running_loop().create_task(self._connect(address))
+
+    async def _connect(self, address: Address) -> None:
+        state = self.state
+        try:
+            conn = await state.pool.connect(address)
+        except socket.gaierror:
+            # A host with no address: the cluster has no endpoint (STRICT_DNS with nothing resolved).
+            if not self.done:
+                self.local_reply(503, b"no healthy upstream", "UH")
+            return
+        except (TimeoutError, OSError) as exc:
+            if self.done:
+                return
+            if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+                reason = b"connection timeout"
+            else:
+                detail = os.strerror(exc.errno) if exc.errno else str(exc)
+                reason = b"remote connection failure, transport failure reason: delayed connect error: %s" % (
+                    detail.encode()
+                )
+            self._connect_failed(reason)
+            return
+        if self.done:
+            state.pool.give(conn)
+            return
+        self._attach(conn)
+
+    def _connect_failed(self, reason: bytes) -> None:
+        if self.can_retry and self.attempts < RETRIES:
+            self._schedule_retry()
+            return
+        retried = self.attempts > 0
+        body = CONNECT_ERROR + (b"retried and the latest " if retried else b"") + b"reset reason: " + reason
+        self.local_reply(503, body, "URX,UF" if retried else "UF")
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        conn.begin(self, self.head_request)
+        attempt = b"x-envoy-attempt-count: %d\r\n" % (self.attempts + 1) if self.listener.retries else b""
+        pending = self.pending
+        self.sent_at = time.monotonic()
+        conn.write(b"".join((self.head, attempt, CRLF, *pending)))
+        self.written = True
+        if pending:
+            self.pending = []
+            if self.pending_size > PENDING_LIMIT:
+                self.down.resume("pending")
+            self.pending_size = 0
+
+    def _schedule_retry(self) -> None:
+        self.attempts += 1
+        delay = random.uniform(0, RETRY_BASE * (2 ** (self.attempts - 1)))
+        asyncio.get_running_loop().call_later(delay, self._retry)
+
+    def _retry(self) -> None:
+        if self.done:
+            return
+        if self.written:
+            # Resend the whole body that was already sent once (kept in the retry buffer).
+            self.pending = list(self.replay or ())
+            self.pending_size = self.replay_size
+            self.written = False
+        self._acquire()
+
+    def _may_retry_response(self) -> bool:
+        return self.can_retry and self.attempts < RETRIES and self.req_complete and self.replay is not None
+
+    # --- response side (called by the upstream connection) ---------------------------------------
+
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+        if self.done:
+            return
+        if status == 503 and self._may_retry_response():
+            self.discarding = True
+            return
+        if status == 503 and self.can_retry and self.attempts >= RETRIES:
+            self.flags = "URX"
+        listener = self.listener
+        kind = listener.kind
+        now = time.monotonic()
+        self.status = status
+        out = [http1.status_line(status, self.http10)]
+        skip = SKIP_RESPONSE
+        extra = http1.connection_tokens(headers)
+        if extra:
+            skip = skip | extra
+        has_length = has_date = False
+        up_md = up_principal = None
+        for name, value in headers:
+            if name in skip:
+                if kind != "inbound":
+                    if name == peer_metadata.HEADER_METADATA:
+                        up_md = value
+                    elif name == peer_metadata.HEADER_PRINCIPAL:
+                        up_principal = value
+                continue
+            if name == b"content-length":
+                has_length = True
+            elif name == b"date":
+                has_date = True
+            out += (name, b": ", value, CRLF)
+        if up_md is not None:
+            self.up_peer = self.state.peers.lookup(up_md, up_principal)
+        # The (stand-in) mTLS handshake happened when the answering proxy presented its principal.
+        self.up_mtls = bool(up_principal) and self.mtls_upstream
+        if not has_date:
+            out += (b"date: ", DATE.get(), CRLF)
+        out += (b"server: ", listener.server, CRLF)
+        out.append(b"x-envoy-upstream-service-time: %d\r\n" % int((now - self.sent_at) * 1000))
+        if kind == "inbound":
+            identity = self.state.identity
+            if self.down_mx_id:
+                out += (peer_metadata.HEADER_ID, b": ", identity.id_value, CRLF)
+            if self.down_mx_md:
+                out += (peer_metadata.HEADER_METADATA, b": ", identity.metadata_value, CRLF)
+            if self.down_principal is not None and identity.workload.principal != "unknown":
+                out += (peer_metadata.HEADER_PRINCIPAL, b": ", identity.principal_value, CRLF)
+        no_body = self.head_request or status in (204, 304)
+        close = not self.keep_alive or self.down.closing
+        if not has_length and not no_body:
+            if self.http10:
+                close = True  # an HTTP/1.0 client reads to the end of the connection
+            else:
+                out.append(b"transfer-encoding: chunked\r\n")
+                self.resp_chunked = True
+        if close:
+            out.append(b"connection: close\r\n")
+            self.close_after = True
+        elif self.http10:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(CRLF)
+        self.resp_started = True
+        self._write(b"".join(out))
+
+    def response_body(self, data: bytes) -> None:
+        if self.discarding or self.done or not data:
+            return
+        self._write(http1.chunk(data) if self.resp_chunked else data)
+
+    def response_complete(self, keep_alive: bool) -> None:
+        conn, self.upstream = self.upstream, None
+        if conn is not None:
+            if keep_alive and self.req_complete and not conn.closed:
+                self.state.pool.give(conn)
+            else:
+                conn.close()
+        if self.done:
+            return
+        if self.discarding:
+            self.discarding = False
+            self._schedule_retry()
+            return
+        if self.resp_chunked:
+            self._write(LAST_CHUNK)
+        self.finish()
+
+    def upstream_lost(self, conn: UpstreamConnection, protocol_error: bool) -> None:
+        self.upstream = None
+        if self.done:
+            return
+        if self.discarding:
+            self.discarding = False
+            self._schedule_retry()
+        elif self.resp_started:
+            # The upstream went away mid-response: the client's connection is reset too.
+            self.flags = "UC"
+            self.close_after = True
+            self.down.abort()
+            self.finish()
+        elif conn.reused and not conn.received_any and (not self.written or self.replay is not None):
+            # A pooled connection the upstream had just closed: try a fresh one (not a retry).
+            conn.reused = False
+            if self.written:
+                self.pending = list(self.replay or ())
+                self.pending_size = self.replay_size
+                self.written = False
+            asyncio.get_running_loop().create_task(self._connect(self.address))
+        elif protocol_error:
+            self.local_reply(503, CONNECT_ERROR + b"reset reason: protocol error", "UPE")
+        else:
+            self.local_reply(503, CONNECT_ERROR + b"reset reason: connection termination", "UC")
+
+    def upstream_paused(self, paused: bool) -> None:
+        if paused:
+            self.down.pause("upstream")
+        else:
+            self.down.resume("upstream")
+
+    # --- endings ------------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self.resp_bytes += len(data)
+        self.down.write(data)
+
+    def local_reply(self, code: int, body: bytes, flags: str, close: bool = False) -> None:
+        """Answer from the proxy itself (Envoy's sendLocalReply) and finish."""
+        if self.done:
+            return
+        if self.resp_started:
+            self.flags = flags
+            self.close_after = True
+            self.down.abort()
+            self.finish()
+            return
+        self._drop_upstream()
+        close = close or not self.keep_alive or not self.req_complete or self.down.closing
+        self.status = code
+        self.flags = flags
+        self.close_after = close
+        self.resp_started = True
+        self._write(
+            http1.local_reply(code, body, self.listener.server, close, self.http10, self.head_request)
+        )
+        self.finish()
+
+    def _drop_upstream(self) -> None:
+        conn, self.upstream = self.upstream, None
+        if conn is not None:
+            conn.close()
+
+    def downstream_lost(self) -> None:
+        """The client closed its connection before the response was complete."""
+        if self.done:
+            return
+        self._drop_upstream()
+        if self.flags == "-":
+            self.flags = "DC"
+        self.close_after = True
+        self.finish()
+
+    def check_timeouts(self, now: float) -> None:
+        """Called periodically by the proxy's timer sweep."""
+        timeouts = self.state.timeouts
+        if not self.req_complete:
+            if timeouts.request and now - self.start > timeouts.request:
+                self.local_reply(408, b"request timeout", "-", close=True)
+        elif timeouts.route and self.started and now - self.req_done_at > timeouts.route:
+            if self.resp_started:
+                self.flags = "UT"
+                self.close_after = True
+                self._drop_upstream()
+                self.down.abort()
+                self.finish()
+            else:
+                self.local_reply(504, b"upstream request timeout", "UT")
+
+    def finish(self) -> None:
+        """Record the metrics (and the access log line) and hand the connection back."""
+        if self.done:
+            return
+        self.done = True
+        self._drop_upstream()
+        if not self.req_complete:
+            self.close_after = True
+        state = self.state
+        listener = self.listener
+        if listener.kind == "inbound":
+            mtls = self.down_principal is not None
+            source = self.down_peer
+            destination = state.own_mtls if mtls else state.own_plain
+            security = "mutual_tls" if mtls else "none"
+        else:
+            source = state.own_mtls if self.up_mtls else state.own_plain
+            destination = self.up_peer
+            security = "unknown"
+        duration = int((time.monotonic() - self.start) * 1000)
+        state.telemetry.http(
+            listener.reporter, source, destination, self.service, self.status, self.flags, security
+        ).observe(duration, self.req_bytes, self.resp_bytes)
+        if state.access_log is not None:
+            self._log(duration)
+        self.down.exchange_finished(self)
+
+    def _log(self, duration: int) -> None:
+        """A line in the shape of Istio's default text access log."""
+        user_agent = request_id = b"-"
+        for name, value in self.headers:
+            if name == b"user-agent":
+                user_agent = value
+            elif name == b"x-request-id":
+                request_id = value
+        address = f"{self.address[0]}:{self.address[1]}" if self.address else "-"
+        protocol = "HTTP/1.0" if self.http10 else "HTTP/1.1"
+        line = (
+            f'[{time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}Z] "{self.method.decode()} '
+            f'{self.url.decode("latin-1")} {protocol}" {self.status} {self.flags} '
+            f"{self.req_bytes} {self.resp_bytes} {duration} "
+            f'"{user_agent.decode("latin-1")}" "{request_id.decode("latin-1")}" '
+            f'"{self.authority.decode("latin-1")}" "{address}" {self.decision_cluster or "-"} '
+            f"{self.listener.kind}\n"
+        )
+        state = self.state
+        state.access_log.write(line)
+        state.access_log.flush()

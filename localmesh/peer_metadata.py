@@ -1,0 +1,257 @@
+"""Istio's HTTP metadata exchange: who is the proxy on the other side of this request?
+
+A calling proxy adds two request headers and the answering proxy adds the same two to its response:
+- `x-envoy-peer-metadata-id`: the node ID, `router~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` for a
+  gateway, `sidecar~...` for a sidecar;
+- `x-envoy-peer-metadata`: base64 of a serialized `google.protobuf.Struct` holding the node's
+  workload metadata (NAME, NAMESPACE, WORKLOAD_NAME, CLUSTER_ID, LABELS{...}, OWNER).
+The receiving proxy reads them into the peer labels of its metrics and removes them, so the
+application never sees them. Source: istio/proxy `source/extensions/filters/http/peer_metadata/filter.cc`
+(MXMethod::lookup decodes base64 then `Struct::ParseFromString`; MXPropagationMethod::computeValue
+serializes deterministically and base64-encodes) and `extensions/common/metadata_object.{h,cc}`
+(`convertWorkloadMetadataToStruct` / `convertStructToWorkloadMetadata`: the field and label names).
+
+The Struct is encoded by hand (no protobuf dependency): only string values and one nested struct
+(LABELS) are needed, and deterministic serialization sorts map keys, so the bytes match Envoy's.
+
+mTLS stand-in: in Istio the peer's *principal* (SPIFFE ID) comes from the mTLS certificate, not
+from the metadata. The local mesh has no TLS, so a mesh proxy also sends its principal in
+`x-localmesh-peer-principal` (request and response), which the receiving proxy strips like the
+other two. A request carrying it is reported as `connection_security_policy="mutual_tls"`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from localmesh.routes import UNKNOWN, Workload
+
+HEADER_ID = b"x-envoy-peer-metadata-id"
+HEADER_METADATA = b"x-envoy-peer-metadata"
+HEADER_PRINCIPAL = b"x-localmesh-peer-principal"
+HEADERS = frozenset((HEADER_ID, HEADER_METADATA, HEADER_PRINCIPAL))
+
+# Field and label names from istio/proxy extensions/common/metadata_object.h.
+_NAME = "NAME"
+_NAMESPACE = "NAMESPACE"
+_WORKLOAD = "WORKLOAD_NAME"
+_CLUSTER = "CLUSTER_ID"
+_LABELS = "LABELS"
+_OWNER = "OWNER"
+_LABEL_CANONICAL_NAME = "service.istio.io/canonical-name"
+_LABEL_CANONICAL_REVISION = "service.istio.io/canonical-revision"
+_LABEL_APP = "app"
+_LABEL_VERSION = "version"
+_OWNER_PREFIX = "kubernetes://apis/apps/v1/namespaces/"
+
+# A struct value is either a str or a nested struct (dict); that is all Istio puts in this header.
+StructValue = str | dict
+
+
+# --- protobuf wire format for google.protobuf.Struct -------------------------------------------
+# Struct { map<string, Value> fields = 1; }   map entry { string key = 1; Value value = 2; }
+# Value { oneof kind { null_value = 1; number_value = 2; string_value = 3; bool_value = 4;
+#                      struct_value = 5; list_value = 6; } }
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def encode_struct(fields: dict[str, StructValue]) -> bytes:
+    """Serialize a Struct the way protobuf's deterministic mode does (map keys sorted)."""
+    out = bytearray()
+    for key in sorted(fields):
+        value = fields[key]
+        if isinstance(value, dict):
+            encoded_value = _field(5, encode_struct(value))
+        else:
+            encoded_value = _field(3, value.encode())
+        out += _field(1, _field(1, key.encode()) + _field(2, encoded_value))
+    return bytes(out)
+
+
+class DecodeError(ValueError):
+    """The bytes are not a protobuf Struct."""
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise DecodeError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(data: bytes):
+    """Yield (field number, wire type, value) for each field; value is bytes for wire type 2."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(data, pos)
+        elif wire == 1:
+            value, pos = data[pos : pos + 8], pos + 8
+        elif wire == 2:
+            length, pos = _read_varint(data, pos)
+            if pos + length > len(data):
+                raise DecodeError("truncated field")
+            value, pos = data[pos : pos + length], pos + length
+        elif wire == 5:
+            value, pos = data[pos : pos + 4], pos + 4
+        else:
+            raise DecodeError(f"unsupported wire type {wire}")
+        yield number, wire, value
+
+
+def decode_struct(data: bytes) -> dict[str, StructValue]:
+    """Parse a Struct; string and struct values are kept, other kinds (numbers, lists...) are skipped."""
+    out: dict[str, StructValue] = {}
+    for number, wire, entry in _fields(data):
+        if number != 1 or wire != 2:
+            continue
+        key, value = "", None
+        for enumber, ewire, evalue in _fields(entry):
+            if enumber == 1 and ewire == 2:
+                key = evalue.decode("utf-8", "replace")
+            elif enumber == 2 and ewire == 2:
+                for vnumber, vwire, vvalue in _fields(evalue):
+                    if vnumber == 3 and vwire == 2:
+                        value = vvalue.decode("utf-8", "replace")
+                    elif vnumber == 5 and vwire == 2:
+                        value = decode_struct(vvalue)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+# --- workload identity <-> header pair ---------------------------------------------------------
+
+
+def _known(value: str) -> bool:
+    return bool(value) and value != "unknown"
+
+
+def node_id(workload: Workload, kind: str, ip: str = "127.0.0.1") -> str:
+    """Envoy's node ID as Istio builds it: <type>~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local."""
+    return f"{kind}~{ip}~{pod_name(workload)}.{workload.namespace}~{workload.namespace}.svc.cluster.local"
+
+
+def pod_name(workload: Workload) -> str:
+    """The stand-in pod name of a local workload (one replica, no ReplicaSet hash to imitate)."""
+    return f"{workload.name}-local"
+
+
+def workload_struct(workload: Workload) -> dict[str, StructValue]:
+    """The Struct that convertWorkloadMetadataToStruct builds; absent ("unknown") values are left out."""
+    labels: dict[str, StructValue] = {}
+    if _known(workload.canonical_service):
+        labels[_LABEL_CANONICAL_NAME] = workload.canonical_service
+    if _known(workload.canonical_revision):
+        labels[_LABEL_CANONICAL_REVISION] = workload.canonical_revision
+    if _known(workload.app):
+        labels[_LABEL_APP] = workload.app
+    if _known(workload.version):
+        labels[_LABEL_VERSION] = workload.version
+    fields: dict[str, StructValue] = {_NAME: pod_name(workload), _LABELS: labels}
+    if _known(workload.namespace):
+        fields[_NAMESPACE] = workload.namespace
+    if _known(workload.name):
+        fields[_WORKLOAD] = workload.name
+    if _known(workload.cluster):
+        fields[_CLUSTER] = workload.cluster
+    if _known(workload.namespace) and _known(workload.name):
+        fields[_OWNER] = f"{_OWNER_PREFIX}{workload.namespace}/deployments/{workload.name}"
+    return fields
+
+
+@dataclass(frozen=True)
+class Identity:
+    """This proxy's side of the exchange: the header values it sends, computed once."""
+
+    workload: Workload
+    id_value: bytes
+    metadata_value: bytes
+    principal_value: bytes
+
+    @classmethod
+    def of(cls, workload: Workload, kind: str) -> Identity:
+        metadata = base64.b64encode(encode_struct(workload_struct(workload)))
+        return cls(workload, node_id(workload, kind).encode(), metadata, workload.principal.encode())
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The header pair (plus the mTLS stand-in when this proxy has a principal)."""
+        out = [(HEADER_ID, self.id_value), (HEADER_METADATA, self.metadata_value)]
+        if _known(self.workload.principal):
+            out.append((HEADER_PRINCIPAL, self.principal_value))
+        return out
+
+
+def workload_from_struct(fields: dict[str, StructValue], principal: str = "unknown") -> Workload:
+    """convertStructToWorkloadMetadata, then istio_stats' defaults for what is missing."""
+
+    def text(mapping: dict, key: str, default: str = "unknown") -> str:
+        value = mapping.get(key)
+        return value if isinstance(value, str) and value else default
+
+    labels = fields.get(_LABELS)
+    labels = labels if isinstance(labels, dict) else {}
+    return Workload(
+        name=text(fields, _WORKLOAD),
+        namespace=text(fields, _NAMESPACE),
+        app=text(labels, _LABEL_APP),
+        version=text(labels, _LABEL_VERSION),
+        canonical_service=text(labels, _LABEL_CANONICAL_NAME),
+        canonical_revision=text(labels, _LABEL_CANONICAL_REVISION, "latest"),
+        principal=principal or "unknown",
+        cluster=text(fields, _CLUSTER),
+    )
+
+
+class PeerCache:
+    """Decoded peers by header values, as Istio's MXMethod caches by peer ID: decode once per peer.
+
+    Bounded: when full it is cleared (peers are few; a flood of distinct values must not grow memory).
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._cache: dict[tuple[bytes, bytes], Workload] = {}
+        self._limit = limit
+
+    def lookup(self, metadata: bytes | None, principal: bytes | None) -> Workload:
+        """The peer's Workload; UNKNOWN when the metadata header is absent or undecodable."""
+        if not metadata:
+            return UNKNOWN
+        key = (metadata, principal or b"")
+        peer = self._cache.get(key)
+        if peer is None:
+            try:
+                fields = decode_struct(base64.b64decode(metadata + b"=" * (-len(metadata) % 4)))
+            except (binascii.Error, DecodeError, ValueError):
+                return UNKNOWN
+            peer = workload_from_struct(fields, (principal or b"").decode("utf-8", "replace"))
+            if len(self._cache) >= self._limit:
+                self._cache.clear()
+            self._cache[key] = peer
+        return peer

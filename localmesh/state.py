@@ -1,0 +1,124 @@
+"""What one proxy process knows: its role, its current route table and identity, and shared parts
+(metrics, upstream pool, peer cache, timeouts). The route table is swapped atomically: a request
+reads `state.table` once, when it is routed, so in-flight requests finish on the table they
+started with and the next request sees the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from localmesh.peer_metadata import Identity, PeerCache
+from localmesh.routes import Decision, Service, Workload
+from localmesh.telemetry import Telemetry
+from localmesh.upstream import Address, Pool
+
+DecideOutbound = Callable[[Any, str, int, str], Decision]
+DecideIngress = Callable[[Any, str, str], "Decision | None"]
+
+UNKNOWN_SERVICE = Service(host="unknown", name="unknown", namespace="unknown")
+
+
+@dataclass
+class Timeouts:
+    """Seconds; 0 disables. Defaults are Envoy's and Istio's own defaults."""
+
+    idle: float = 3600.0  # HTTP connection idle_timeout: Istio/Envoy default 1 h
+    request: float = 0.0  # HCM request_timeout: disabled by default in Envoy
+    route: float = 0.0  # route timeout: Istio disables it unless a VirtualService sets one
+    connect: float = 10.0  # cluster connect_timeout: Istio's default 10 s
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening socket's behaviour.
+
+    kind: "gateway", "inbound" or "outbound". server: the `server` header Envoy writes (Istio uses
+    "istio-envoy" for gateways and inbound listeners and Envoy's default "envoy" for sidecar outbound:
+    istio/istio pilot/pkg/networking/util GetProxyHeadersFromProxyConfig). http10: accept HTTP/1.0
+    (Istio gateways do; sidecars answer 426 unless PILOT_HTTP10/ISTIO_META_HTTP10 is set).
+    """
+
+    kind: str
+    server: bytes
+    http10: bool
+
+    @property
+    def reporter(self) -> str:
+        # A server sidecar reports "destination"; a client sidecar and a gateway report "source".
+        return "destination" if self.kind == "inbound" else "source"
+
+    @property
+    def retries(self) -> bool:
+        # Istio's default retry policy (2 retries on connect-failure and 503) is on client-side
+        # routes (gateway and sidecar outbound), not on the inbound route nor the passthrough route.
+        return self.kind != "inbound"
+
+
+def inbound_service(table: Any) -> Service:
+    """The Service in front of the sidecar's workload: its inbound cluster's `istio.services` entry.
+
+    The route table lists the mesh Services; the one in the workload's namespace named after its
+    app (or canonical service, or workload) is taken, as a Service selecting `app: <name>` would be.
+    """
+    proxy: Workload = table.proxy
+    candidates = [s for s in getattr(table, "mesh_services", ()) if s.namespace == proxy.namespace]
+    for wanted in (proxy.app, proxy.canonical_service, proxy.name):
+        for svc in candidates:
+            if svc.name == wanted:
+                return Service(host=svc.host, name=svc.name, namespace=svc.namespace)
+    if candidates:
+        svc = candidates[0]
+        return Service(host=svc.host, name=svc.name, namespace=svc.namespace)
+    name = proxy.canonical_service if proxy.canonical_service != "unknown" else proxy.app
+    return Service(host=f"{name}.{proxy.namespace}.svc.cluster.local", name=name, namespace=proxy.namespace)
+
+
+class ProxyState:
+    """The running proxy's shared state (one per process)."""
+
+    def __init__(
+        self,
+        role: str,
+        table: Any,
+        decide_outbound: DecideOutbound | None = None,
+        decide_ingress: DecideIngress | None = None,
+        app: Address | None = None,
+        timeouts: Timeouts | None = None,
+        access_log: io.TextIOBase | None = None,
+        validate: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.role = role
+        self.kind = "router" if role == "gateway" else "sidecar"
+        self.decide_outbound = decide_outbound
+        self.decide_ingress = decide_ingress
+        self.app = app
+        self.timeouts = timeouts or Timeouts()
+        self.access_log = access_log
+        self.validate = validate
+        self.telemetry = Telemetry()
+        self.pool = Pool(connect_timeout=self.timeouts.connect)
+        self.peers = PeerCache()
+        self.connections: set = set()
+        self.listening = False
+        self.table: Any = None
+        self.swap(table)
+
+    def swap(self, table: Any) -> None:
+        """Install a new route table (one reference assignment: atomic for the event loop)."""
+        proxy: Workload = table.proxy
+        # The identity pieces are derived before the table is published, so a request never sees
+        # a new table with an old identity.
+        self.identity = Identity.of(proxy, self.kind)
+        self.own_mtls = proxy
+        self.own_plain = dataclasses.replace(proxy, principal="unknown")
+        self.service = inbound_service(table) if self.role == "sidecar" else UNKNOWN_SERVICE
+        self.table = table
+
+    @property
+    def ready(self) -> bool:
+        return self.listening and self.table is not None

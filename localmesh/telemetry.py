@@ -1,0 +1,249 @@
+"""Istio's standard metrics, as the istio_stats filter of istio-proxy records and Envoy exports them.
+
+Metric names, the label set and its order, the defaults for unknown peers and the values of
+`grpc_response_status` (empty for non-gRPC HTTP) and `connection_security_policy` ("mutual_tls",
+"none", or "unknown" for a client-side reporter) follow istio/proxy
+`source/extensions/filters/http/istio_stats/istio_stats.cc` (IstioStatsFilter::log,
+populatePeerInfo, populateFlagsAndConnectionSecurity). Request and response sizes are the wire
+bytes of the downstream connection (`getDownstreamBytesMeter()->wireBytesReceived()/Sent()`), the
+duration is `requestComplete()` in whole milliseconds, and histograms use Envoy's default buckets
+(envoy `source/common/stats/histogram_impl.h`, `supportedBuckets`).
+
+Hot path: a series (one label set: the counter and three histograms of an HTTP edge, or the four
+TCP counters) is created once and then found with one dict lookup on a key of objects the proxy
+already holds. The label text is rendered once, when the series is created.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+
+from localmesh.routes import Service, Workload
+
+BUCKETS: tuple[float, ...] = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
+    1800000, 3600000,
+)  # fmt: skip
+
+# The order in which istio_stats pushes its tags (Envoy exports them in that order).
+PEER_LABELS: tuple[str, ...] = (
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+)
+HTTP_LABELS: tuple[str, ...] = (
+    *PEER_LABELS,
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+)
+TCP_LABELS: tuple[str, ...] = (*PEER_LABELS, "response_flags", "connection_security_policy")
+
+HELP = {
+    "istio_requests_total": "Request count, incremented for every request handled by an Istio proxy.",
+    "istio_request_duration_milliseconds": "Request duration in milliseconds.",
+    "istio_request_bytes": "HTTP request size in bytes (headers and body, as received).",
+    "istio_response_bytes": "HTTP response size in bytes (headers and body, as sent).",
+    "istio_tcp_connections_opened_total": "TCP connections opened.",
+    "istio_tcp_connections_closed_total": "TCP connections closed.",
+    "istio_tcp_received_bytes_total": "Bytes received from the downstream of a TCP connection.",
+    "istio_tcp_sent_bytes_total": "Bytes sent to the downstream of a TCP connection.",
+}
+
+
+def escape(value: str) -> str:
+    """A label value in Prometheus text format 0.0.4: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_labels(names: Iterable[str], values: Iterable[str]) -> str:
+    """`name="value",...` (without braces) in the given order."""
+    return ",".join(f'{name}="{escape(value)}"' for name, value in zip(names, values, strict=True))
+
+
+def peer_values(
+    reporter: str, source: Workload, destination: Workload, service: Service, protocol: str
+) -> tuple[str, ...]:
+    """The first 21 label values, in PEER_LABELS order, from the two workloads and the service."""
+    return (
+        reporter,
+        source.name,
+        source.canonical_service,
+        source.canonical_revision,
+        source.namespace,
+        source.principal,
+        source.app,
+        source.version,
+        source.cluster,
+        destination.name,
+        destination.namespace,
+        destination.principal,
+        destination.app,
+        destination.version,
+        service.host,
+        destination.canonical_service,
+        destination.canonical_revision,
+        service.name,
+        service.namespace,
+        destination.cluster,
+        protocol,
+    )
+
+
+class Histogram:
+    """Envoy-style histogram with fixed buckets; counts are per bucket, cumulated when exported."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0
+
+    def observe(self, value: int) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le = "less or equal").
+        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.sum += value
+
+
+class HttpSeries:
+    """One label set of an HTTP edge: istio_requests_total and the three histograms."""
+
+    __slots__ = ("count", "duration", "labels", "request_bytes", "response_bytes")
+
+    def __init__(self, labels: str) -> None:
+        self.labels = labels
+        self.count = 0
+        self.duration = Histogram()
+        self.request_bytes = Histogram()
+        self.response_bytes = Histogram()
+
+    def observe(self, duration_ms: int, request_bytes: int, response_bytes: int) -> None:
+        self.count += 1
+        self.duration.observe(duration_ms)
+        self.request_bytes.observe(request_bytes)
+        self.response_bytes.observe(response_bytes)
+
+
+class TcpSeries:
+    """One label set of a TCP edge: the four istio_tcp_* counters."""
+
+    __slots__ = ("closed", "labels", "opened", "received", "sent")
+
+    def __init__(self, labels: str) -> None:
+        self.labels = labels
+        self.opened = 0
+        self.closed = 0
+        self.sent = 0
+        self.received = 0
+
+
+def _format_bound(bound: float) -> str:
+    # Envoy prints bucket bounds with "{:.32g}": 0.5, 1, 1800000 (never 1.8e+06).
+    return format(bound, ".32g")
+
+
+_LE = (*tuple(_format_bound(b) for b in BUCKETS), "+Inf")
+
+
+class Telemetry:
+    """All series of one proxy process, and their Prometheus text exposition."""
+
+    def __init__(self) -> None:
+        self._http: dict[tuple, HttpSeries] = {}
+        self._tcp: dict[tuple, TcpSeries] = {}
+
+    def http(
+        self,
+        reporter: str,
+        source: Workload,
+        destination: Workload,
+        service: Service,
+        code: int,
+        flags: str,
+        security: str,
+        protocol: str = "http",
+    ) -> HttpSeries:
+        """The series of one HTTP edge and outcome (created on first use)."""
+        key = (reporter, source, destination, service, code, flags, security, protocol)
+        series = self._http.get(key)
+        if series is None:
+            values = (*peer_values(reporter, source, destination, service, protocol), str(code))
+            # grpc_response_status is "" for HTTP that is not gRPC (istio_stats: context_.empty_).
+            values += ("", flags, security)
+            series = self._http[key] = HttpSeries(render_labels(HTTP_LABELS, values))
+        return series
+
+    def tcp(
+        self,
+        reporter: str,
+        source: Workload,
+        destination: Workload,
+        service: Service,
+        flags: str,
+        security: str,
+    ) -> TcpSeries:
+        """The series of one TCP edge and outcome (created on first use)."""
+        key = (reporter, source, destination, service, flags, security)
+        series = self._tcp.get(key)
+        if series is None:
+            values = (*peer_values(reporter, source, destination, service, "tcp"), flags, security)
+            series = self._tcp[key] = TcpSeries(render_labels(TCP_LABELS, values))
+        return series
+
+    def exposition(self) -> str:
+        """Prometheus text format 0.0.4: counters, then histograms, each family sorted by name."""
+        out: list[str] = []
+        http = list(self._http.values())
+        tcp = list(self._tcp.values())
+        counters = [
+            ("istio_requests_total", http, "count"),
+            ("istio_tcp_connections_closed_total", tcp, "closed"),
+            ("istio_tcp_connections_opened_total", tcp, "opened"),
+            ("istio_tcp_received_bytes_total", tcp, "received"),
+            ("istio_tcp_sent_bytes_total", tcp, "sent"),
+        ]
+        for name, series_list, attr in counters:
+            if not series_list:
+                continue
+            out.append(f"# HELP {name} {HELP[name]}")
+            out.append(f"# TYPE {name} counter")
+            out.extend(f"{name}{{{s.labels}}} {getattr(s, attr)}" for s in series_list)
+        histograms = [
+            ("istio_request_bytes", "request_bytes"),
+            ("istio_request_duration_milliseconds", "duration"),
+            ("istio_response_bytes", "response_bytes"),
+        ]
+        for name, attr in histograms:
+            if not http:
+                continue
+            out.append(f"# HELP {name} {HELP[name]}")
+            out.append(f"# TYPE {name} histogram")
+            for series in http:
+                histogram: Histogram = getattr(series, attr)
+                cumulative = 0
+                for le, count in zip(_LE, histogram.counts, strict=True):
+                    cumulative += count
+                    out.append(f'{name}_bucket{{{series.labels},le="{le}"}} {cumulative}')
+                out.append(f"{name}_sum{{{series.labels}}} {histogram.sum}")
+                out.append(f"{name}_count{{{series.labels}}} {cumulative}")
+        return "\n".join(out) + "\n" if out else ""

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Deletes the lab's kind cluster, and with it everything that ran in it.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "${BASH_SOURCE[0]%/*}/lib.sh"
+
+usage() {
+	cat <<EOF
+Usage: $PROG [-h]
+
+Deletes the kind cluster "$CLUSTER_NAME" (Istio, addons, the demo). Only kind clusters: for another
+cluster use scripts/cleanup.sh, which removes just the lab's resources.
+
+Environment:
+  CLUSTER_NAME   kind cluster name   (default: egress-lab)
+EOF
+}
+
+case ${1:-} in
+-h | --help)
+	usage
+	exit 0
+	;;
+"") ;;
+*)
+	usage >&2
+	exit 2
+	;;
+esac
+
+require_tools kind
+
+if kind get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; then
+	log "deleting kind cluster $CLUSTER_NAME"
+	kind delete cluster --name "$CLUSTER_NAME"
+else
+	log "no kind cluster named $CLUSTER_NAME; nothing to do"
+fi

@@ -1,0 +1,93 @@
+"""docs/cluster.md and mk/cluster.mk agree with the scripts: targets, pinned versions, settings."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+from cluster_paths import ROOT, SCRIPTS, pinned_versions
+
+DOC = (ROOT / "docs" / "cluster.md").read_text()
+MAKEFILE = ROOT / "mk" / "cluster.mk"
+TARGETS = (
+    "cluster-up",
+    "cluster-deploy",
+    "cluster-frontend",
+    "cluster-frontend-deploy",
+    "cluster-cleanup",
+    "cluster-down",
+)
+OPTIONS = ("passthrough", "blackhole", "serviceentry")
+
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def make_dry_run(*targets: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-n", "-f", str(MAKEFILE), *targets],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@needs_make
+@pytest.mark.parametrize("option", OPTIONS)
+def test_make_cluster_demo_runs_the_step(option: str) -> None:
+    proc = make_dry_run(f"cluster-demo-{option}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"scripts/cluster-demo.sh {option}"
+
+
+@needs_make
+def test_make_has_no_demo_for_an_unknown_option() -> None:
+    proc = make_dry_run("cluster-demo-allow-some")
+    assert proc.returncode != 0
+    assert "No rule to make target" in proc.stderr
+
+
+@needs_make
+@pytest.mark.parametrize("target", TARGETS)
+def test_make_target_runs_an_existing_script(target: str) -> None:
+    proc = make_dry_run(target)
+    assert proc.returncode == 0, proc.stderr
+    (command,) = proc.stdout.split()
+    script = ROOT / command
+    assert script.parent == SCRIPTS and script.exists(), command
+
+
+def test_docs_walk_through_every_target() -> None:
+    for target in TARGETS:
+        assert f"make {target}" in DOC, target
+    for option in OPTIONS:
+        assert f"make demo-{option} TARGET=cluster" in DOC, option
+
+
+def test_docs_name_the_pinned_versions() -> None:
+    v = pinned_versions()
+    assert f"Istio **{v['ISTIO_VERSION']}**" in DOC
+    assert f"kind **{v['KIND_VERSION']}**" in DOC
+    assert f"Kubernetes **{v['KUBERNETES_VERSION']}**" in DOC
+    image, digest = v["KIND_NODE_IMAGE"].split("@sha256:")
+    assert f"{image}@sha256:{digest[:8]}" in DOC
+    assert v["IDGEN_IMAGE"] in DOC
+    assert f"ISTIO_VERSION={v['ISTIO_VERSION']} sh -" in DOC
+
+
+def test_docs_table_lists_every_setting_the_scripts_read() -> None:
+    scripts = "\n".join(p.read_text() for p in SCRIPTS.glob("*.sh"))
+    read = set(re.findall(r"\$\{([A-Z][A-Z_]+):[-=]", scripts))
+    assert {"CLUSTER_NAME", "KUBE_CONTEXT", "GATEWAY_PORT", "SKIP_BUILD"} <= read  # the pattern finds them
+    # Set by make or the shell, not by the user of the scripts.
+    read -= {"HOST", "PORT", "RECIPES_DB"}
+    table = DOC.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    missing = sorted(name for name in read if f"`{name}`" not in table)
+    assert not missing, f"settings the scripts read but docs/cluster.md's table lacks: {missing}"
+
+
+def test_docs_state_what_could_not_be_run() -> None:
+    assert "## What is checked offline, and what could not be run here" in DOC
+    assert "**Not run here, so not proven on a live cluster:**" in DOC

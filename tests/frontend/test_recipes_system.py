@@ -1,0 +1,346 @@
+"""System tier: a real functions-framework server (gunicorn inside) running the function, talking to
+a real idgen under gunicorn, which talks to the real httpbin package. Every process listens on a free
+127.0.0.1 port and is stopped by its PID (localmesh.procs)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import socket
+import sqlite3
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from recipes_testlib import (
+    FRONTEND,
+    RECIPE,
+    ROOT,
+    BlockingSidecar,
+    count_rows,
+    csrf_token,
+    field_value,
+    form_fields,
+    problem,
+)
+
+from localmesh.procs import free_port, running, spawn, wait_http
+
+BIN = ROOT / ".venv" / "bin"
+FUNCTIONS_FRAMEWORK = BIN / "functions-framework"
+GUNICORN = BIN / "gunicorn"
+# A proxy configured on the machine must never carry test traffic off 127.0.0.1: blank them all
+# (requests ignores empty proxy variables).
+NO_PROXY_ENV = {
+    f(n): "" for n in ("http_proxy", "https_proxy", "all_proxy", "no_proxy") for f in (str.lower, str.upper)
+}
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def http() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no proxies from the environment, see NO_PROXY_ENV
+    return session
+
+
+@contextlib.contextmanager
+def idgen(upstream_url: str, logs: Path) -> Iterator[str]:
+    """The real idgen under gunicorn with its checked-in config; yields the URL of its /id."""
+    if not (ROOT / "idgen" / "app.py").exists():
+        pytest.fail("idgen/app.py is missing: the system tier needs the real idgen (issue 2)")
+    port = free_port()
+    env = {**NO_PROXY_ENV, "HOST": "127.0.0.1", "PORT": str(port), "UPSTREAM_URL": upstream_url}
+    cmd = [str(GUNICORN), "-c", str(ROOT / "idgen" / "gunicorn.conf.py"), "idgen.app:create_app()"]
+    with running("idgen", cmd, f"http://127.0.0.1:{port}/healthz", logs / f"idgen-{port}.log", env):
+        yield f"http://127.0.0.1:{port}/id"
+
+
+def private_runtime_dir(logs: Path) -> str:
+    """gunicorn 27 (under functions-framework, which offers no switch for it) opens a control socket
+    at $XDG_RUNTIME_DIR/gunicorn.ctl, else $HOME/.gunicorn/gunicorn.ctl: one path for every server on
+    the machine. Each test server gets a directory of its own instead."""
+    return tempfile.mkdtemp(prefix="gunicorn-", dir=logs)
+
+
+def site_env(idgen_url: str, db: Path | None, logs: Path, **extra: str) -> dict[str, str]:
+    # Every setting explicit ("" = the default), whatever the environment running the tests holds.
+    return {
+        **NO_PROXY_ENV,
+        "XDG_RUNTIME_DIR": private_runtime_dir(logs),
+        "IDGEN_URL": idgen_url,
+        "IDGEN_TIMEOUT": "5",
+        "RECIPES_DB": str(db or ""),
+        "RECIPES_SECRET": "",
+        "RECIPES_BASE_PATH": "",
+        **extra,
+    }
+
+
+@contextlib.contextmanager
+def site(idgen_url: str, db: Path, logs: Path, **env: str) -> Iterator[str]:
+    """`make run-frontend`: functions-framework --target=recipes --source=frontend/main.py ..."""
+    port = free_port()
+    cmd = [
+        str(FUNCTIONS_FRAMEWORK),
+        "--target=recipes",
+        f"--source={FRONTEND / 'main.py'}",
+        "--host=127.0.0.1",
+        f"--port={port}",
+    ]
+    with running(
+        "recipes site",
+        cmd,
+        f"http://127.0.0.1:{port}/healthz",
+        logs / f"site-{port}.log",
+        site_env(idgen_url, db, logs, **env),
+    ):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("recipes-system-logs")
+
+
+@pytest.fixture(scope="module")
+def idgen_url(httpbin_url: str, logs: Path) -> Iterator[str]:
+    with idgen(f"{httpbin_url}/uuid", logs) as url:
+        yield url
+
+
+@pytest.fixture
+def start_site(idgen_url: str, logs: Path, tmp_path: Path) -> Iterator[Callable[..., tuple[str, Path]]]:
+    """Start a site on its own fresh database; returns (base URL, database path)."""
+    with contextlib.ExitStack() as stack:
+
+        def start(idgen: str = idgen_url, **env: str) -> tuple[str, Path]:
+            db = Path(tempfile.mkdtemp(prefix="site-", dir=tmp_path)) / "recipes.db"
+            return stack.enter_context(site(idgen, db, logs, **env)), db
+
+        yield start
+
+
+def post_form(session: requests.Session, base: str, fields: dict[str, str]) -> requests.Response:
+    """Load the form, then submit it as the browser does: multipart/form-data, cookie and token."""
+    token = csrf_token(session.get(f"{base}/new").text)
+    parts = {name: (None, value) for name, value in {**fields, "csrf_token": token}.items()}
+    return session.post(f"{base}/new", files=parts, allow_redirects=False)
+
+
+def raw_exchange(base: str, request: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes and return the response head. Used where requests would not send what we need:
+    a body announced but never sent, or a chunked body that never ends."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+# --- the happy path ------------------------------------------------------------------------------
+
+
+def test_form_create_then_view_and_list(start_site):
+    base, db = start_site()
+    browser = http()
+    response = post_form(browser, base, form_fields())
+    assert response.status_code == 303, response.text
+    new_id = re.fullmatch(r"/recipes/([^?]+)\?created=1", response.headers["Location"]).group(1)
+    assert UUID_RE.match(new_id), "the ID is httpbin's UUID, through idgen"
+    page = browser.get(base + response.headers["Location"])
+    assert page.status_code == 200 and "<h1>Lentil soup</h1>" in page.text and new_id in page.text
+    listing = browser.get(f"{base}/")
+    assert new_id in listing.text and "1 recipe, newest first." in listing.text
+    assert count_rows(db) == 1
+
+
+def test_api_create_get_and_paginate(start_site):
+    base, _ = start_site()
+    client = http()
+    ids = []
+    for i in range(3):
+        response = client.post(f"{base}/api/recipes", json={**RECIPE, "title": f"Dish {i}"})
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    assert len(set(ids)) == 3 and all(UUID_RE.match(i) for i in ids)
+    assert client.get(f"{base}/api/recipes/{ids[0]}").json()["title"] == "Dish 0"
+    first = client.get(f"{base}/api/recipes", params={"per_page": 2}).json()
+    second = client.get(f"{base}/api/recipes", params={"per_page": 2, "page": 2}).json()
+    assert first["total"] == second["total"] == 3
+    assert [r["id"] for r in first["recipes"] + second["recipes"]] == ids[::-1]
+
+
+def test_xss_comes_back_escaped_from_the_real_server(start_site):
+    base, _ = start_site()
+    client = http()
+    payload = "<script>alert(1)</script>"
+    new_id = client.post(
+        f"{base}/api/recipes",
+        json={"title": payload, "author": payload, "ingredients": [payload], "steps": payload},
+    ).json()["id"]
+    for url in (f"{base}/", f"{base}/recipes/{new_id}"):
+        page = client.get(url).text
+        assert payload not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+# --- bad input at the real server -----------------------------------------------------------------
+
+
+def test_413_for_a_declared_length_over_64_kb_without_waiting_for_the_body(start_site):
+    """Content-Length says 1 GB and no byte of it is sent: the answer must still come back. (Had the
+    site, or functions-framework's after-request hook, tried to read the body, this would hang.)"""
+    base, db = start_site()
+    head = (
+        b"POST /api/recipes HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000000\r\n\r\n"
+    )
+    answer = raw_exchange(base, head)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert count_rows(db) == 0
+
+
+def test_413_for_a_chunked_body_that_grows_past_64_kb(start_site):
+    base, db = start_site()
+    chunk = b"x" * 70_000
+    request = (
+        b"POST /api/recipes HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    )
+    answer = raw_exchange(base, request)  # the final 0-length chunk is never sent
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert count_rows(db) == 0
+
+
+def test_413_for_a_large_form_and_400_for_malformed_json(start_site):
+    base, db = start_site()
+    browser = http()
+    big = post_form(browser, base, form_fields(steps="s" * 70_000))
+    assert big.status_code == 413 and "more than 64 KB" in big.text
+    bad = browser.post(
+        f"{base}/api/recipes", data=b'{"title": ', headers={"Content-Type": "application/json"}
+    )
+    assert bad.status_code == 400 and bad.json()["error"] == "malformed_json"
+    rules = browser.post(f"{base}/api/recipes", json={"title": "", "ingredients": ["x"] * 101})
+    assert rules.status_code == 400
+    assert {f["field"] for f in rules.json()["fields"]} == {"title", "ingredients"}
+    assert count_rows(db) == 0
+
+
+def test_csrf_rejection_at_the_real_server(start_site):
+    base, db = start_site()
+    browser = http()
+    browser.get(f"{base}/new")
+    fields = {name: (None, value) for name, value in form_fields(title="No token").items()}
+    response = browser.post(f"{base}/new", files=fields, allow_redirects=False)
+    assert response.status_code == 403 and field_value(response.text, "title") == "No token"
+    assert count_rows(db) == 0
+
+
+# --- concurrency ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_fifty_concurrent_creates_all_land_with_distinct_ids(start_site, workers):
+    """50 at once against gunicorn's threads (THREADS=8), in one worker process or two sharing the file."""
+    base, db = start_site(WORKERS=workers, THREADS="8")
+
+    def create(i: int) -> requests.Response:
+        with http() as client:
+            return client.post(f"{base}/api/recipes", json={**RECIPE, "title": f"Concurrent {i}"}, timeout=60)
+
+    with ThreadPoolExecutor(50) as pool:
+        responses = list(pool.map(create, range(50)))
+    assert [r.status_code for r in responses] == [201] * 50, [
+        r.text for r in responses if r.status_code != 201
+    ]
+    ids = [r.json()["id"] for r in responses]
+    assert len(set(ids)) == 50
+    listing = http().get(f"{base}/api/recipes", params={"per_page": 100}).json()
+    assert listing["total"] == 50
+    assert {r["id"] for r in listing["recipes"]} == set(ids)
+    assert {r["title"] for r in listing["recipes"]} == {f"Concurrent {i}" for i in range(50)}
+    assert count_rows(db) == 50
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# --- the lesson: a blocked egress, end to end ----------------------------------------------------
+
+
+def test_blocked_egress_keeps_the_form_and_stores_nothing(start_site, logs):
+    """idgen's upstream is a sidecar that blocks egress (502, empty body, server: envoy): the real
+    idgen reports egress_blocked and the site says what happened, keeping what the user typed."""
+    with BlockingSidecar() as sidecar, idgen(sidecar.url, logs) as blocked_idgen:
+        base, db = start_site(blocked_idgen)
+        browser = http()
+        typed = form_fields(title="Blocked bread", author="Grace", steps="Knead.\r\nBake.")
+        response = post_form(browser, base, typed)
+        assert response.status_code == 502
+        message = problem(response.text)
+        assert "egress policy" in message and "REGISTRY_ONLY" in message and "ServiceEntry" in message
+        for name, value in typed.items():
+            assert field_value(response.text, name) == value
+        api = browser.post(f"{base}/api/recipes", json=RECIPE)
+        assert api.status_code == 502 and api.json()["error"] == "egress_blocked"
+        assert count_rows(db) == 0
+
+
+def test_idgen_down_is_a_503(start_site):
+    base, db = start_site(f"http://127.0.0.1:{free_port()}/id")
+    response = http().post(f"{base}/api/recipes", json=RECIPE)
+    assert response.status_code == 503 and response.json()["error"] == "idgen_unreachable"
+    assert count_rows(db) == 0
+
+
+# --- deployed as a Cloud Function: frontend/ is the whole source ----------------------------------
+
+
+def test_runs_from_a_copy_of_frontend_alone(idgen_url, logs, tmp_path):
+    """What `gcloud functions deploy --source=frontend` uploads: the folder alone, as the working
+    directory, with main.py found by functions-framework's default (--source not given)."""
+    workspace = tmp_path / "workspace"
+    shutil.copytree(FRONTEND, workspace, ignore=shutil.ignore_patterns("__pycache__", "data", "*.pyc"))
+    marker = f"deployed-copy-{uuid.uuid4()}"
+    base_html = workspace / "templates" / "base.html"
+    base_html.write_text(base_html.read_text().replace("</footer>", f"<!-- {marker} --></footer>"))
+    port = free_port()
+    cmd = [str(FUNCTIONS_FRAMEWORK), "--target=recipes", "--host=127.0.0.1", f"--port={port}"]
+    # spawn + wait_http (not running): this one needs its own working directory.
+    child = spawn(
+        "recipes site (deployed layout)",
+        cmd,
+        logs / f"deployed-{port}.log",
+        site_env(idgen_url, None, logs),
+        cwd=workspace,
+    )
+    try:
+        wait_http(child, f"http://127.0.0.1:{port}/healthz")
+        client = http()
+        assert marker in client.get(f"http://127.0.0.1:{port}/").text, (
+            "templates and recipesite load from the copy"
+        )
+        assert client.post(f"http://127.0.0.1:{port}/api/recipes", json=RECIPE).status_code == 201
+    finally:
+        child.stop()
+    assert count_rows(workspace / "data" / "recipes.db") == 1, "RECIPES_DB defaults to data/ in the cwd"
+    assert (workspace / "data" / "recipes.db.secret").exists()
+
+
+def test_idgen_url_pointing_at_httpbin_itself_is_a_clear_502(httpbin_url, logs, tmp_path):
+    """A likely misconfiguration: IDGEN_URL set to the UUID API instead of idgen. httpbin answers
+    {"uuid": ...}, not idgen's {"id": ...}; the site says what it got instead of storing anything."""
+    with site(f"{httpbin_url}/uuid", tmp_path / "recipes.db", logs) as base:
+        response = http().post(f"{base}/api/recipes", json=RECIPE)
+    assert response.status_code == 502 and response.json()["error"] == "bad_idgen_response"
+    assert "HTTP 200 without an ID" in response.json()["message"]
+    assert count_rows(tmp_path / "recipes.db") == 0

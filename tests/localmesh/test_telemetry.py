@@ -1,0 +1,127 @@
+"""Istio's metric families, label order, Envoy's buckets and the Prometheus text format."""
+
+from __future__ import annotations
+
+from localmesh.routes import UNKNOWN, Service, Workload
+from localmesh.telemetry import BUCKETS, HTTP_LABELS, TCP_LABELS, Telemetry, escape
+
+IDGEN = Workload("idgen", "recipes", "idgen", "v1", "idgen", "v1", "unknown", "Kubernetes")
+PASSTHROUGH = Service("httpbin.org", "PassthroughCluster", "unknown")
+
+
+def test_label_order_is_istio_stats_push_order():
+    assert HTTP_LABELS == (
+        "reporter",
+        "source_workload",
+        "source_canonical_service",
+        "source_canonical_revision",
+        "source_workload_namespace",
+        "source_principal",
+        "source_app",
+        "source_version",
+        "source_cluster",
+        "destination_workload",
+        "destination_workload_namespace",
+        "destination_principal",
+        "destination_app",
+        "destination_version",
+        "destination_service",
+        "destination_canonical_service",
+        "destination_canonical_revision",
+        "destination_service_name",
+        "destination_service_namespace",
+        "destination_cluster",
+        "request_protocol",
+        "response_code",
+        "grpc_response_status",
+        "response_flags",
+        "connection_security_policy",
+    )
+    assert (*HTTP_LABELS[:21], "response_flags", "connection_security_policy") == TCP_LABELS
+
+
+def test_envoy_default_buckets():
+    assert BUCKETS == (
+        0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
+        1800000, 3600000,
+    )  # fmt: skip
+
+
+def test_http_series_exposition_exact():
+    telemetry = Telemetry()
+    telemetry.http("source", IDGEN, UNKNOWN, PASSTHROUGH, 200, "-", "unknown").observe(3, 120, 300)
+    telemetry.http("source", IDGEN, UNKNOWN, PASSTHROUGH, 200, "-", "unknown").observe(1, 100, 300)
+    text = telemetry.exposition()
+    labels = (
+        'reporter="source",source_workload="idgen",source_canonical_service="idgen",'
+        'source_canonical_revision="v1",source_workload_namespace="recipes",source_principal="unknown",'
+        'source_app="idgen",source_version="v1",source_cluster="Kubernetes",destination_workload="unknown",'
+        'destination_workload_namespace="unknown",destination_principal="unknown",destination_app="unknown",'
+        'destination_version="unknown",destination_service="httpbin.org",destination_canonical_service="unknown",'
+        'destination_canonical_revision="latest",destination_service_name="PassthroughCluster",'
+        'destination_service_namespace="unknown",destination_cluster="unknown",request_protocol="http",'
+        'response_code="200",grpc_response_status="",response_flags="-",connection_security_policy="unknown"'
+    )
+    lines = text.splitlines()
+    assert lines[:3] == [
+        "# HELP istio_requests_total Request count, incremented for every request handled by an Istio proxy.",
+        "# TYPE istio_requests_total counter",
+        f"istio_requests_total{{{labels}}} 2",
+    ]
+    duration = [line for line in lines if line.startswith("istio_request_duration_milliseconds")]
+    assert duration[0] == f'istio_request_duration_milliseconds_bucket{{{labels},le="0.5"}} 0'
+    assert duration[1] == f'istio_request_duration_milliseconds_bucket{{{labels},le="1"}} 1'  # 1 <= 1
+    assert duration[2] == f'istio_request_duration_milliseconds_bucket{{{labels},le="5"}} 2'
+    assert duration[17] == f'istio_request_duration_milliseconds_bucket{{{labels},le="1800000"}} 2'
+    assert duration[19] == f'istio_request_duration_milliseconds_bucket{{{labels},le="+Inf"}} 2'
+    assert duration[20] == f"istio_request_duration_milliseconds_sum{{{labels}}} 4"
+    assert duration[21] == f"istio_request_duration_milliseconds_count{{{labels}}} 2"
+    assert "# TYPE istio_request_bytes histogram" in lines
+    assert f"istio_request_bytes_sum{{{labels}}} 220" in lines
+    assert f"istio_response_bytes_sum{{{labels}}} 600" in lines
+    assert text.endswith("\n")
+
+
+def test_one_series_per_outcome_and_cached_per_edge():
+    telemetry = Telemetry()
+    first = telemetry.http("source", IDGEN, UNKNOWN, PASSTHROUGH, 200, "-", "unknown")
+    assert telemetry.http("source", IDGEN, UNKNOWN, PASSTHROUGH, 200, "-", "unknown") is first
+    assert telemetry.http("source", IDGEN, UNKNOWN, PASSTHROUGH, 503, "UF", "unknown") is not first
+
+
+def test_tcp_series_have_no_response_code_nor_grpc_status():
+    telemetry = Telemetry()
+    series = telemetry.tcp(
+        "source", IDGEN, UNKNOWN, Service("unknown", "PassthroughCluster", "unknown"), "-", "unknown"
+    )
+    series.opened += 1
+    series.closed += 1
+    series.sent += 4000
+    series.received += 500
+    text = telemetry.exposition()
+    (line,) = [line for line in text.splitlines() if line.startswith("istio_tcp_sent_bytes_total")]
+    assert line.endswith(
+        'destination_service_namespace="unknown",destination_cluster="unknown",request_protocol="tcp",'
+        'response_flags="-",connection_security_policy="unknown"} 4000'
+    )
+    assert "response_code" not in text and "grpc_response_status" not in text
+    for name, value in [
+        ("istio_tcp_connections_opened_total", 1),
+        ("istio_tcp_connections_closed_total", 1),
+        ("istio_tcp_received_bytes_total", 500),
+    ]:
+        assert f"# TYPE {name} counter" in text
+        assert any(line.startswith(name + "{") and line.endswith(f" {value}") for line in text.splitlines())
+    assert "histogram" not in text
+
+
+def test_label_values_are_escaped():
+    assert escape('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+    telemetry = Telemetry()
+    odd = Service('we"ird\\host\n', "PassthroughCluster", "unknown")
+    telemetry.http("source", IDGEN, UNKNOWN, odd, 200, "-", "unknown").observe(1, 1, 1)
+    assert 'destination_service="we\\"ird\\\\host\\n"' in telemetry.exposition()
+
+
+def test_empty_registry_exports_nothing():
+    assert Telemetry().exposition() == ""
