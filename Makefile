@@ -11,11 +11,17 @@ PIP := pip install --quiet --disable-pip-version-check
 HOST ?= 127.0.0.1
 PORT ?= 8080
 export HOST PORT
+# Where the demo runs: local (localmesh on this machine) or cluster (kind/Istio: docs/cluster.md).
+TARGET ?= local
+# Recipes the demo creates per egress option.
+N ?= 10
+OPTIONS := passthrough blackhole serviceentry
 
-.PHONY: help setup test lint run-idgen run-frontend run-httpbin clean
+.PHONY: help setup test lint run-idgen run-frontend run-httpbin clean up down status demo \
+        $(addprefix demo-,$(OPTIONS))
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
+	@grep -hE '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
 
 setup: $(READY) ## create .venv and .venv-httpbin (idempotent)
 
@@ -51,6 +57,31 @@ run-frontend: $(READY) ## the recipe site alone on $HOST:$PORT (IDGEN_URL, RECIP
 
 run-httpbin: $(READY) ## the local stand-in for httpbin.org alone on $HOST:$PORT
 	exec $(HTTPBIN_VENV)/bin/gunicorn --bind $(HOST):$(PORT) --workers 2 --access-logfile - httpbin:app
+
+up: $(READY) ## start the local mesh in the background; prints one `name: url` line per endpoint
+	$(BIN)/localmesh up
+
+down: $(READY) ## stop every process of the local mesh
+	$(BIN)/localmesh down
+
+status: $(READY) ## what runs, where, and which egress option is applied
+	$(BIN)/localmesh status
+
+demo: $(READY) ## the three egress options in order, with metrics and a verdict (TARGET=local|cluster)
+ifeq ($(TARGET),cluster)
+	$(MAKE) $(addprefix cluster-demo-,$(OPTIONS))
+else
+	$(BIN)/python -m localmesh.demo -n $(N)
+endif
+
+demo-%: $(READY) ## one option (passthrough, blackhole, serviceentry) on the running stack, starting it if needed
+ifeq ($(TARGET),cluster)
+	$(MAKE) cluster-demo-$*
+else
+	$(BIN)/python -m localmesh.demo --keep -n $(N) $*
+endif
+
+include mk/cluster.mk mk/egresswatch.mk
 
 clean: ## remove the virtual environments and generated output
 	rm -rf $(VENV) $(HTTPBIN_VENV) out .localmesh

@@ -42,7 +42,9 @@ def parse_text(text: str, wanted: Iterable[str] | None = None) -> dict[SeriesKey
             value = _parse_value(rest.split()[0])
         except (ParseError, IndexError) as err:
             raise ParseError(f"line {lineno}: {err or 'no value'}: {raw[:200]!r}") from err
-        samples[(name, tuple(sorted(labels.items())))] = value
+        # Prometheus treats an empty label value as no label at all (data model docs), so the
+        # series keys here match what it stores (e.g. grpc_response_status="" on plain HTTP).
+        samples[(name, tuple(sorted((k, v) for k, v in labels.items() if v)))] = value
     return samples
 
 

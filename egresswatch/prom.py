@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import requests
 
 from egresswatch.errors import QueryError, SourceUnreachable, UsageError
+from egresswatch.exposition import Snapshot, metrics_url
 
 # What to do when Prometheus does not answer; shared by every command's error message.
 UNREACHABLE_FIX = (
@@ -65,6 +68,25 @@ class PrometheusClient:
                 f"Prometheus returned a {data.get('resultType')!r}, not a vector, for:\n{promql}"
             )
         return [PromSample(dict(r["metric"]), float(r["value"][1])) for r in data.get("result", [])]
+
+
+# Labels Prometheus adds at scrape time (target labels), not the proxies' own.
+TARGET_LABELS = frozenset({"__name__", "instance", "job", "namespace", "pod"})
+
+
+def snapshot(client: PrometheusClient, metrics: Sequence[str]) -> Snapshot:
+    """The raw counters Prometheus holds now, shaped like a direct scrape of the same proxies.
+
+    Keys are each target's metrics URL, so a Snapshot from here and one from `exposition.scrape`
+    name the same series the same way (the demo compares the two to know Prometheus has caught up).
+    """
+    snap = Snapshot(taken_at=time.monotonic())
+    for metric in metrics:
+        for sample in client.query(metric):
+            url = metrics_url(sample.labels.get("instance", "unknown"))
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in TARGET_LABELS))
+            snap.per_proxy.setdefault(url, {})[(metric, labels)] = sample.value
+    return snap
 
 
 def _reason(err: Exception) -> str:

@@ -110,7 +110,8 @@ class ProxiesSource:
     method "since-start": one scrape; counts are the counters' values, i.e. everything since each
     proxy started; there are no rates.
     method "since-snapshot": counts since an earlier `exposition.Snapshot` (the demo takes one
-    before a step's traffic); rates divide by the time since that snapshot.
+    before a step's traffic) up to now, or up to `end` when given (two snapshots taken by the caller,
+    e.g. from Prometheus with `prom.snapshot`); rates divide by the time between the two.
     """
 
     def __init__(
@@ -119,6 +120,8 @@ class ProxiesSource:
         method: str = "two-scrapes",
         interval: float = 10.0,
         baseline: exposition.Snapshot | None = None,
+        end: exposition.Snapshot | None = None,
+        origin: str | None = None,
     ) -> None:
         if method not in ("two-scrapes", "since-start", "since-snapshot"):
             raise UsageError(f"unknown proxies method {method!r}")
@@ -131,7 +134,9 @@ class ProxiesSource:
         self.interval = interval
         self.queries: list[str] = []
         self._start = baseline
-        self._end: exposition.Snapshot | None = None
+        self._end: exposition.Snapshot | None = end
+        # Where the snapshots came from, for where(): the proxies themselves unless the caller says.
+        self.origin = origin or f"{len(self.urls)} proxies' /stats/prometheus"
         # The window printed in the equivalent PromQL: the scrape interval, rounded up to whole seconds.
         self.window = Window(f"{max(1, round(interval))}s", float(max(1, round(interval))))
 
@@ -218,4 +223,4 @@ class ProxiesSource:
             "since-start": "counters since each proxy started",
             "since-snapshot": f"the {seconds or 0:.1f} s since the snapshot",
         }[self.method]
-        return f"{len(self.urls)} proxies' /stats/prometheus, {what}"
+        return f"{self.origin}, {what}"

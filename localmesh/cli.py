@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -59,7 +60,10 @@ def print_urls(state: StackState) -> None:
 def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
     already = running_state(paths)
     if already:
-        print(f"localmesh: already running (supervisor pid {already.supervisor_pid}, {already.phase})", file=sys.stderr)
+        print(
+            f"localmesh: already running (supervisor pid {already.supervisor_pid}, {already.phase})",
+            file=sys.stderr,
+        )
         print_urls(already)
         return 0 if already.phase == "ready" else 1
     try:
@@ -72,7 +76,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
     if problems:
         print("localmesh up: cannot start:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
-    for folder in (paths.logs, paths.routes_file("x").parent, paths.prometheus_dir):
+    for folder in (paths.logs, paths.routes_file("x").parent, paths.prometheus_dir, paths.state_dir / "run"):
         folder.mkdir(parents=True, exist_ok=True)
     try:
         control.prepare(paths, ports, args.kustomize)
@@ -86,9 +90,14 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
     StackState(0, "launching", ports, prometheus is not None).write(paths)
     log = paths.logs / "supervisor.log"
     with open(log, "ab") as out:
-        sup = subprocess.Popen([sys.executable, "-m", "localmesh", "--state-dir", str(paths.state_dir), "supervise"],
-                               stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               start_new_session=True, cwd=ROOT)
+        sup = subprocess.Popen(
+            [sys.executable, "-m", "localmesh", "--state-dir", str(paths.state_dir), "supervise"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=ROOT,
+        )
     try:
         return _wait_ready(paths, sup, log)
     except KeyboardInterrupt:
@@ -106,11 +115,17 @@ def _wait_ready(paths: Paths, sup: subprocess.Popen, log: Path) -> int:
         if sup.poll() is not None:
             state = read_state(paths)
             why = state.message if state and state.message else log_tail(log)
-            print(f"localmesh up: the stack failed to start:\n{why}\nAll its processes are stopped; logs are in "
-                  f"{paths.logs}/", file=sys.stderr)
+            print(
+                f"localmesh up: the stack failed to start:\n{why}\n"
+                f"All its processes are stopped; logs are in {paths.logs}/",
+                file=sys.stderr,
+            )
             return 1
         time.sleep(0.1)
-    print(f"localmesh up: not ready after {START_TIMEOUT:.0f} s; stopping it. Logs: {paths.logs}/", file=sys.stderr)
+    print(
+        f"localmesh up: not ready after {START_TIMEOUT:.0f} s; stopping it. Logs: {paths.logs}/",
+        file=sys.stderr,
+    )
     sup.terminate()
     sup.wait(30)
     return 1
@@ -142,12 +157,13 @@ def cmd_down(args: argparse.Namespace, paths: Paths) -> int:
     for name, pid in state.children.items():
         if pid_alive(pid):
             print(f"localmesh down: stopping leftover {name} (pid {pid})", file=sys.stderr)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, 15)
-            except ProcessLookupError:
-                pass
-    held = [f"{name} {port}" for name, port in vars(state.ports).items()
-            if port_in_use(port) and (name != "prometheus" or state.prometheus)]
+    held = [
+        f"{name} {port}"
+        for name, port in vars(state.ports).items()
+        if port_in_use(port) and (name != "prometheus" or state.prometheus)
+    ]
     deadline = time.monotonic() + 10
     while held and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -176,8 +192,9 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
 def cmd_apply(args: argparse.Namespace, paths: Paths) -> int:
     state = running_state(paths)
     try:
-        report = control.apply(paths, kustomize=args.kustomize, file=args.filename,
-                               ports=state.ports if state else None)
+        report = control.apply(
+            paths, kustomize=args.kustomize, file=args.filename, ports=state.ports if state else None
+        )
     except ConfigError as err:
         print(f"localmesh apply: {err}", file=sys.stderr)
         return 2
@@ -192,26 +209,50 @@ def cmd_apply(args: argparse.Namespace, paths: Paths) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="localmesh", description="Istio's gateway and sidecar on one machine.")
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="the stack's state folder (default .localmesh/, or $LOCALMESH_STATE)")
+    parser = argparse.ArgumentParser(
+        prog="localmesh", description="Istio's gateway and sidecar on one machine."
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="the stack's state folder (default .localmesh/, or $LOCALMESH_STATE)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the stack in the background and print its URLs once ready")
-    up.add_argument("--port", action="append", default=[], metavar="NAME=NUMBER",
-                    help=f"change a port; names: {', '.join(Ports.names())}")
-    up.add_argument("-k", "--kustomize", type=Path, default=None,
-                    help="overlay to start with when no config was applied yet (default: passthrough)")
+    up.add_argument(
+        "--port",
+        action="append",
+        default=[],
+        metavar="NAME=NUMBER",
+        help=f"change a port; names: {', '.join(Ports.names())}",
+    )
+    up.add_argument(
+        "-k",
+        "--kustomize",
+        type=Path,
+        default=None,
+        help="overlay to start with when no config was applied yet (default: passthrough)",
+    )
     sub.add_parser("down", help="stop every process of the stack")
     sub.add_parser("status", help="say what runs, where, and which egress option is applied")
     apply = sub.add_parser("apply", help="apply manifests and push them to the running proxies (like istiod)")
     which = apply.add_mutually_exclusive_group(required=True)
-    which.add_argument("-k", "--kustomize", type=Path, help="a kustomize directory, e.g. manifests/overlays/blackhole")
+    which.add_argument(
+        "-k", "--kustomize", type=Path, help="a kustomize directory, e.g. manifests/overlays/blackhole"
+    )
     which.add_argument("-f", "--filename", type=Path, help="one YAML file (kubectl apply -f semantics)")
     sub.add_parser("supervise", help=argparse.SUPPRESS)
     return parser
 
 
-COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "apply": cmd_apply, "supervise": cmd_supervise}
+COMMANDS = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "status": cmd_status,
+    "apply": cmd_apply,
+    "supervise": cmd_supervise,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

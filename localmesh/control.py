@@ -58,17 +58,25 @@ def push(tables: dict[str, RouteTable], ports: Ports) -> list[str]:
     """POST each table to its proxy's admin endpoint; raise PushError naming any proxy that refused."""
     lines = []
     for name, admin in proxy_admins(ports).items():
-        request = urllib.request.Request(f"{admin}/routes", data=tables[name].to_json().encode(), method="POST",
-                                         headers={"content-type": "application/json"})
+        request = urllib.request.Request(
+            f"{admin}/routes",
+            data=tables[name].to_json().encode(),
+            method="POST",
+            headers={"content-type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=PUSH_TIMEOUT) as resp:
                 version = json.loads(resp.read()).get("version", "?")
         except urllib.error.HTTPError as err:
-            raise PushError(f"{name}'s proxy ({admin}) refused the route table: HTTP {err.code} "
-                            f"{err.read().decode(errors='replace')[:300]}") from err
+            raise PushError(
+                f"{name}'s proxy ({admin}) refused the route table: HTTP {err.code} "
+                f"{err.read().decode(errors='replace')[:300]}"
+            ) from err
         except OSError as err:
-            raise PushError(f"{name}'s proxy ({admin}) did not take the push: {err}. Is the stack healthy? "
-                            f"Check `localmesh status`; the config is saved and is used when the stack starts.") from err
+            raise PushError(
+                f"{name}'s proxy ({admin}) did not take the push: {err}. Is the stack healthy? "
+                f"Check `localmesh status`; the config is saved and is used when the stack starts."
+            ) from err
         lines.append(f"pushed to {name} (version {version})")
     return lines
 

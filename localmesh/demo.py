@@ -18,16 +18,20 @@ from pathlib import Path
 
 import requests
 
-from egresswatch import exposition
+from egresswatch import exposition, prom
+from egresswatch.api import write_graph
+from egresswatch.errors import EgressWatchError
+from egresswatch.exposition import Snapshot
 from egresswatch.prom import PrometheusClient
+from egresswatch.promql import REQUESTS
+from egresswatch.report import build_report, render_table
+from egresswatch.source import METRICS, ProxiesSource
 from localmesh import cli, control
 from localmesh.expected import EGRESS_SELECTOR, EXPECTATIONS, OPTIONS, Expectation
 from localmesh.stack import ROOT, Paths, StackState, default_state_dir, proxy_admins, urls
 
-REQUESTS_METRIC = "istio_requests_total"
-# Labels Prometheus adds at scrape time; the proxies' own label set is what the verdict compares.
-TARGET_LABELS = frozenset({"__name__", "instance", "job", "namespace", "pod"})
 PROMETHEUS_CATCH_UP = 15.0  # seconds to wait for Prometheus to scrape the step's last requests
+OUT = ROOT / "out"
 
 Series = frozenset[tuple[str, str]]
 
@@ -48,8 +52,12 @@ def create_recipes(site: str, n: int, option: str) -> SiteOutcome:
     outcome = SiteOutcome()
     with requests.Session() as session:
         for i in range(n):
-            recipe = {"title": f"Demo soup {i + 1} ({option})", "author": "make demo",
-                      "ingredients": ["water", "salt"], "steps": "Boil the water. Add salt."}
+            recipe = {
+                "title": f"Demo soup {i + 1} ({option})",
+                "author": "make demo",
+                "ingredients": ["water", "salt"],
+                "steps": "Boil the water. Add salt.",
+            }
             resp = session.post(f"{site}/api/recipes", json=recipe, timeout=15)
             outcome.statuses[resp.status_code] += 1
             if resp.status_code == 201:
@@ -65,73 +73,57 @@ def create_recipes(site: str, n: int, option: str) -> SiteOutcome:
     return outcome
 
 
-def _egress(labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in EGRESS_SELECTOR.items())
+def _nonempty(snap: Snapshot) -> dict:
+    """A snapshot's series per proxy, leaving out proxies with none (Prometheus lists no such target)."""
+    return {proxy: series for proxy, series in snap.per_proxy.items() if series}
 
 
 class Counters:
-    """Raw istio_requests_total counter values of idgen's egress series, from one of two places."""
+    """The proxies' Istio counters, read from Prometheus when it runs, else from the proxies."""
 
     def __init__(self, state: StackState) -> None:
         self.proxy_urls = [f"{admin}/stats/prometheus" for admin in proxy_admins(state.ports).values()]
         prom = urls(state.ports, state.prometheus).get("prometheus")
         self.prometheus = PrometheusClient(prom) if prom else None
-        self.where = (f"Prometheus {prom}" if prom else
-                      "the proxies' /stats/prometheus directly (no prometheus binary installed)")
+        self.where = (
+            f"Prometheus {prom}" if prom else "the proxies' /stats/prometheus (no prometheus installed)"
+        )
 
-    def direct(self) -> dict[Series, float]:
-        snap = exposition.scrape(self.proxy_urls, [REQUESTS_METRIC])
-        out: dict[Series, float] = {}
-        for (_proxy, (_metric, pairs)), value in snap.samples().items():
-            if _egress(dict(pairs)):
-                # Prometheus drops empty-valued labels (grpc_response_status="" on plain HTTP): so do we.
-                key = frozenset((k, v) for k, v in pairs if v)
-                out[key] = out.get(key, 0.0) + value
-        return out
-
-    def from_prometheus(self) -> dict[Series, float]:
-        assert self.prometheus is not None
-        selector = ",".join(f'{k}="{v}"' for k, v in EGRESS_SELECTOR.items())
-        out: dict[Series, float] = {}
-        for sample in self.prometheus.query(f"{REQUESTS_METRIC}{{{selector}}}"):
-            key = frozenset((k, v) for k, v in sample.labels.items() if k not in TARGET_LABELS)
-            out[key] = out.get(key, 0.0) + sample.value
-        return out
-
-    def now(self) -> dict[Series, float]:
-        """Current counters; from Prometheus once it has scraped everything the proxies have counted."""
-        truth = self.direct()
+    def now(self) -> Snapshot:
+        """Counters as they are now; from Prometheus once it has scraped all the proxies have counted."""
+        truth = exposition.scrape(self.proxy_urls, METRICS)
         if self.prometheus is None:
             return truth
         deadline = time.monotonic() + PROMETHEUS_CATCH_UP
         while time.monotonic() < deadline:
-            if self.from_prometheus() == truth:
-                return truth
+            seen = prom.snapshot(self.prometheus, METRICS)
+            if _nonempty(seen) == _nonempty(truth):
+                return seen
             time.sleep(0.25)
-        print(f"    (Prometheus had not scraped the latest counters after {PROMETHEUS_CATCH_UP:.0f} s; "
-              f"these numbers come from the proxies directly)")
+        print(
+            f"    (Prometheus had not scraped the latest counters after {PROMETHEUS_CATCH_UP:.0f} s; "
+            f"these numbers come from the proxies directly)"
+        )
         return truth
 
-
-def delta(before: Mapping[Series, float], after: Mapping[Series, float]) -> dict[Series, float]:
-    """Per series, how much the counter grew (a series new since `before` counts from 0)."""
-    grown = {k: v - before.get(k, 0.0) for k, v in after.items()}
-    return {k: v for k, v in grown.items() if v > 0}
-
-
-BREAKDOWN = ("destination_service", "destination_service_name", "destination_service_namespace",
-             "response_code", "response_flags")
+    def between(self, before: Snapshot, after: Snapshot) -> ProxiesSource:
+        """An egresswatch source for what happened between two snapshots."""
+        return ProxiesSource(
+            self.proxy_urls, method="since-snapshot", baseline=before, end=after, origin=self.where
+        )
 
 
-def render_breakdown(grown: Mapping[Series, float]) -> list[str]:
-    rows = Counter()
-    for series, value in grown.items():
-        labels = dict(series)
-        rows[tuple(labels.get(k, "") for k in BREAKDOWN)] += value
-    header = ("destination_service", "destination_service_name", "dest_svc_namespace", "code", "flags", "requests")
-    table = [header] + [(*key, f"{value:.0f}") for key, value in sorted(rows.items())]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    return ["    " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table] or []
+def egress_growth(before: Snapshot, after: Snapshot) -> dict[Series, float]:
+    """Per idgen egress series of istio_requests_total, how much it grew between the snapshots."""
+    old = before.samples()
+    grown: dict[Series, float] = {}
+    for (proxy, (metric, pairs)), value in after.samples().items():
+        labels = dict(pairs)
+        if metric == REQUESTS and all(labels.get(k) == v for k, v in EGRESS_SELECTOR.items()):
+            diff = value - old.get((proxy, (metric, pairs)), 0.0)
+            if diff > 0:
+                grown[frozenset(pairs)] = grown.get(frozenset(pairs), 0.0) + diff
+    return grown
 
 
 def verdict(exp: Expectation, n: int, site: SiteOutcome, grown: Mapping[Series, float]) -> list[str]:
@@ -140,8 +132,12 @@ def verdict(exp: Expectation, n: int, site: SiteOutcome, grown: Mapping[Series, 
     if site.statuses != Counter({exp.site_status: n}):
         problems.append(f"the site answered {dict(site.statuses)}, expected {exp.site_status} for all {n}")
     if exp.site_error and site.errors != Counter({exp.site_error: n}):
-        problems.append(f"the site's error codes were {dict(site.errors)}, expected {exp.site_error!r} for all {n}")
-    matching = sum(v for s, v in grown.items() if all(dict(s).get(k) == want for k, want in exp.series.items()))
+        problems.append(
+            f"the site's error codes were {dict(site.errors)}, expected {exp.site_error!r} for all {n}"
+        )
+    matching = sum(
+        v for s, v in grown.items() if all(dict(s).get(k) == want for k, want in exp.series.items())
+    )
     total = sum(grown.values())
     if matching != n:
         wanted = ", ".join(f'{k}="{v}"' for k, v in exp.series.items())
@@ -162,15 +158,23 @@ def run_option(option: str, n: int, state: StackState, paths: Paths, counters: C
             print(f"    {line}")
     before = counters.now()
     site = create_recipes(urls(state.ports, state.prometheus)["site"], n, option)
-    grown = delta(before, counters.now())
-    failed = ", ".join(f"{count} x {status} {code}" for (status, code), count in sorted(site.failures.items()))
+    after = counters.now()
+    failed = ", ".join(
+        f"{count} x {status} {code}" for (status, code), count in sorted(site.failures.items())
+    )
     print(f"Site: {site.created} of {n} recipes created" + (f"; failed: {failed}" if failed else ""))
     if site.first_message:
         print(f"    the site said: {site.first_message[:300]}")
-    print(f"Metrics: growth of istio_requests_total{{reporter=\"source\",source_workload=\"idgen\"}} during this "
-          f"step, from {counters.where}:")
-    for line in render_breakdown(grown):
-        print(line)
+    try:
+        report = build_report(counters.between(before, after), "recipes")
+        print("Metrics (egresswatch report for this step):")
+        print("    " + render_table(report).rstrip().replace("\n", "\n    "))
+        graph = OUT / f"graph-{option}.svg"
+        write_graph(counters.between(before, after), graph, title=f"recipes: option {number}, {option}")
+        print(f"    service graph (Kiali style): {graph.relative_to(ROOT)} and .html")
+    except EgressWatchError as err:
+        print(f"    egresswatch: {err}")
+    grown = egress_growth(before, after)
     problems = verdict(exp, n, site, grown)
     if problems:
         print(f"Verdict: MISMATCH with DESIGN.md for {option}: " + "; ".join(problems))
@@ -182,11 +186,18 @@ def run_option(option: str, n: int, state: StackState, paths: Paths, counters: C
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localmesh.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("options", nargs="*", metavar="OPTION",
-                        help=f"which options to run, in order: {', '.join(OPTIONS)} (default: all three)")
+    parser.add_argument(
+        "options",
+        nargs="*",
+        metavar="OPTION",
+        help=f"which options to run, in order: {', '.join(OPTIONS)} (default: all three)",
+    )
     parser.add_argument("-n", type=int, default=10, help="recipes to create per option (default 10)")
-    parser.add_argument("--keep", action="store_true",
-                        help="leave the stack running afterwards (it always stays up if it was already running)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the stack running afterwards (it always stays up if it was already running)",
+    )
     parser.add_argument("--state-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     unknown = [o for o in args.options if o not in OPTIONS]

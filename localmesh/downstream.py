@@ -12,6 +12,8 @@ Envoy behaviours imitated (envoy http1 `codec_impl.cc`, `conn_manager_impl.cc`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import time
 from collections import deque
 
@@ -42,6 +44,7 @@ class Downstream(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.last_active = time.monotonic()
         self.peer_ip = b"-"
+        self.internal = False
         self.corked = False
         self.out: list[bytes] = []
 
@@ -52,6 +55,8 @@ class Downstream(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = str(peer[0]).encode()
+            with contextlib.suppress(ValueError):
+                self.internal = ipaddress.ip_address(peer[0]).is_private
         self.state.connections.add(self)
 
     def data_received(self, data: bytes) -> None:

@@ -25,7 +25,9 @@ import asyncio
 import os
 import random
 import socket
+import sys
 import time
+import traceback
 from random import getrandbits
 from typing import TYPE_CHECKING
 
@@ -33,7 +35,7 @@ import httptools
 
 from localmesh import http1, peer_metadata
 from localmesh.http1 import CRLF, DATE, HOP_BY_HOP, LAST_CHUNK
-from localmesh.routes import PASSTHROUGH, UNKNOWN, Service, Workload
+from localmesh.routes import PASSTHROUGH, UNKNOWN, Decision, Service, Workload
 from localmesh.state import UNKNOWN_SERVICE, Listener, ProxyState
 from localmesh.upstream import Address, UpstreamConnection
 
@@ -104,6 +106,7 @@ class Exchange:
         "req_bytes",
         "req_complete",
         "req_done_at",
+        "request_id",
         "resp_bytes",
         "resp_chunked",
         "resp_started",
@@ -133,6 +136,7 @@ class Exchange:
         self.keep_alive = True
         self.head_request = False
         self.upgrade = False
+        self.request_id = b"-"
         self.headers_done = False
         self.started = False
         self.req_complete = False
@@ -185,8 +189,8 @@ class Exchange:
         for name, value in self.headers:
             size += len(name) + len(value) + 4
             if name == b"transfer-encoding":
-                # llhttp accepts only a final "chunked" coding in requests; the body is re-chunked.
-                self.body_framing = b"chunked"
+                # The body is re-chunked upstream; other codings are refused in begin(), as Envoy does.
+                self.body_framing = b"chunked" if value.strip().lower() == b"chunked" else b"other"
         self.req_bytes += size
 
     def request_body(self, data: bytes) -> None:
@@ -232,10 +236,23 @@ class Exchange:
     def begin(self) -> None:
         """Route the request (headers are complete) and start forwarding or answer locally."""
         self.started = True
+        try:
+            self._route()
+        except Exception as exc:  # a bug here must not take the connection's other requests down
+            traceback.print_exc(file=sys.stderr)
+            self.local_reply(
+                500, f"localmesh proxy error: {type(exc).__name__}: {exc}".encode(), "-", close=True
+            )
+
+    def _route(self) -> None:
         listener = self.listener
         if self.http10 and not listener.http10:
             # Envoy's codec rejects HTTP/1.0 on listeners without accept_http_10.
             self.down.protocol_error(426, self)
+            return
+        if self.body_framing == b"other":
+            # Envoy's codec: a transfer coding other than chunked is not implemented.
+            self.down.protocol_error(501, self)
             return
         url = self.url
         authority = None
@@ -292,11 +309,12 @@ class Exchange:
                 return
         self.head = self._build_head(path)
         if not self.req_complete and self._expects_continue():
-            # Envoy answers Expect: 100-continue itself and strips it (proxy_100_continue off).
+            # The client gets its 100 Continue from the proxy and the upstream never sees Expect
+            # (Envoy's handling when it does not proxy 100-continue; the client sees the same).
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._acquire()
 
-    def _use(self, decision) -> None:
+    def _use(self, decision: Decision) -> None:
         self.service = decision.service
         self.decision_cluster = decision.cluster
         self.address = decision.upstream
@@ -354,10 +372,14 @@ class Exchange:
             client = self.down.peer_ip
             out += (b"x-forwarded-for: ", xff + b"," + client if xff else client, CRLF)
             out += (b"x-envoy-external-address: ", client, CRLF)
+            if self.down.internal:
+                # A loopback or private client is "internal" to Envoy (Utility::isInternalAddress).
+                out.append(b"x-envoy-internal: true\r\n")
         if not has_xfp:
             out.append(b"x-forwarded-proto: http\r\n")
         if not has_rid:
-            out += (b"x-request-id: ", request_id(), CRLF)
+            self.request_id = request_id()
+            out += (b"x-request-id: ", self.request_id, CRLF)
         if kind == "inbound":
             self.down_mx_id = mx_id
             self.down_mx_md = mx_md
@@ -386,10 +408,17 @@ class Exchange:
         state = self.state
         try:
             conn = await state.pool.connect(address)
-        except socket.gaierror:
-            # A host with no address: the cluster has no endpoint (STRICT_DNS with nothing resolved).
-            if not self.done:
+        except socket.gaierror as exc:
+            if self.done:
+                return
+            if self.decision_cluster != PASSTHROUGH:
+                # A DNS cluster whose host resolves to nothing has no endpoint: Envoy's UH.
                 self.local_reply(503, b"no healthy upstream", "UH")
+            else:
+                # PassthroughCluster connects to the address the app resolved; here the proxy
+                # resolves for the app, and a failed lookup is that connection failing.
+                reason = b"remote connection failure, transport failure reason: resolve error: %s"
+                self.local_reply(503, CONNECT_ERROR + b"reset reason: " + reason % str(exc).encode(), "UF")
             return
         except (TimeoutError, OSError) as exc:
             if self.done:
@@ -656,19 +685,20 @@ class Exchange:
 
     def _log(self, duration: int) -> None:
         """A line in the shape of Istio's default text access log."""
-        user_agent = request_id = b"-"
+        user_agent = b"-"
+        rid = self.request_id
         for name, value in self.headers:
             if name == b"user-agent":
                 user_agent = value
             elif name == b"x-request-id":
-                request_id = value
+                rid = value
         address = f"{self.address[0]}:{self.address[1]}" if self.address else "-"
         protocol = "HTTP/1.0" if self.http10 else "HTTP/1.1"
         line = (
             f'[{time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}Z] "{self.method.decode()} '
             f'{self.url.decode("latin-1")} {protocol}" {self.status} {self.flags} '
             f"{self.req_bytes} {self.resp_bytes} {duration} "
-            f'"{user_agent.decode("latin-1")}" "{request_id.decode("latin-1")}" '
+            f'"{user_agent.decode("latin-1")}" "{rid.decode("latin-1")}" '
             f'"{self.authority.decode("latin-1")}" "{address}" {self.decision_cluster or "-"} '
             f"{self.listener.kind}\n"
         )

@@ -79,14 +79,22 @@ class Child:
             self.popen.wait(grace)
 
 
-def spawn(name: str, cmd: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
-          cwd: Path | None = None) -> Child:
+def spawn(
+    name: str, cmd: Sequence[str], log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Child:
     """Start cmd in its own process group (so stop() reaches its workers too), output to log."""
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
     with open(log, "ab") as out:
-        popen = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=full_env, cwd=cwd, start_new_session=True)
+        popen = subprocess.Popen(
+            list(cmd),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
     return Child(name, popen, log)
 
 
@@ -96,8 +104,10 @@ def wait_http(child: Child, url: str, timeout: float = 20.0) -> None:
     last = "no answer yet"
     while time.monotonic() < deadline:
         if not child.alive():
-            raise StartError(f"{child.name} exited with code {child.popen.returncode} before it was ready "
-                             f"({url}). Its log ({child.log}):\n{log_tail(child.log)}")
+            raise StartError(
+                f"{child.name} exited with code {child.popen.returncode} before it was ready "
+                f"({url}). Its log ({child.log}):\n{log_tail(child.log)}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status < 500:
@@ -109,13 +119,21 @@ def wait_http(child: Child, url: str, timeout: float = 20.0) -> None:
         except (OSError, urllib.error.URLError) as err:
             last = str(err)
         time.sleep(0.05)
-    raise StartError(f"{child.name} did not answer {url} within {timeout:.0f} s (last: {last}). "
-                     f"Its log ({child.log}):\n{log_tail(child.log)}")
+    raise StartError(
+        f"{child.name} did not answer {url} within {timeout:.0f} s (last: {last}). "
+        f"Its log ({child.log}):\n{log_tail(child.log)}"
+    )
 
 
 @contextlib.contextmanager
-def running(name: str, cmd: Sequence[str], ready_url: str, log: Path,
-            env: Mapping[str, str] | None = None, timeout: float = 20.0) -> Iterator[Child]:
+def running(
+    name: str,
+    cmd: Sequence[str],
+    ready_url: str,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 20.0,
+) -> Iterator[Child]:
     """Start a child, wait until ready_url answers, yield it, and always stop it by PID."""
     child = spawn(name, cmd, log, env)
     try:

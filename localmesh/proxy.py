@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -100,7 +101,7 @@ class ProxyServer:
         except OSError as exc:
             raise ListenError(
                 f"cannot listen on {endpoint.host}:{endpoint.port} (given by {endpoint.flag}): "
-                f"{exc.strerror or exc}"
+                f"{os.strerror(exc.errno) if exc.errno else exc}"
             ) from exc
 
     async def _sweep(self) -> None:

@@ -46,6 +46,7 @@ class Ports:
     sidecar_admin: int = 15090
     httpbin: int = 18000
     prometheus: int = 9090
+    console: int = 20001  # egresswatch's live graph and report; Kiali's port
 
     @classmethod
     def names(cls) -> list[str]:
@@ -136,6 +137,7 @@ def urls(ports: Ports, with_prometheus: bool) -> dict[str, str]:
     }
     if with_prometheus:
         shown["prometheus"] = f"http://{LOOPBACK}:{ports.prometheus}"
+    shown["console"] = f"http://{LOOPBACK}:{ports.console}"
     return shown
 
 
@@ -180,27 +182,67 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
     specs = [
         ChildSpec(
             "httpbin",
-            [str(HTTPBIN_BIN / "gunicorn"), "--bind", f"{lo}:{ports.httpbin}", "--workers", "2",
-             "--worker-class", "gthread", "--threads", "8", "httpbin:app"],
+            [
+                str(HTTPBIN_BIN / "gunicorn"),
+                "--bind",
+                f"{lo}:{ports.httpbin}",
+                "--workers",
+                "2",
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "8",
+                "--no-control-socket",
+                "httpbin:app",
+            ],
             f"http://{lo}:{ports.httpbin}/get",
         ),
         ChildSpec(
             "sidecar",
-            [py, "-m", "localmesh.proxy", "--role", "sidecar", "--routes", str(paths.routes_file("idgen")),
-             "--admin", f"{lo}:{ports.sidecar_admin}", "--inbound", f"{lo}:{ports.sidecar_inbound}",
-             "--app", f"{lo}:{ports.idgen}", "--outbound", f"{lo}:{ports.sidecar_outbound}"],
+            [
+                py,
+                "-m",
+                "localmesh.proxy",
+                "--role",
+                "sidecar",
+                "--routes",
+                str(paths.routes_file("idgen")),
+                "--admin",
+                f"{lo}:{ports.sidecar_admin}",
+                "--inbound",
+                f"{lo}:{ports.sidecar_inbound}",
+                "--app",
+                f"{lo}:{ports.idgen}",
+                "--outbound",
+                f"{lo}:{ports.sidecar_outbound}",
+            ],
             f"http://{lo}:{ports.sidecar_admin}/ready",
         ),
         ChildSpec(
             "gateway",
-            [py, "-m", "localmesh.proxy", "--role", "gateway",
-             "--routes", str(paths.routes_file("istio-ingressgateway")),
-             "--admin", f"{lo}:{ports.gateway_admin}", "--listen", f"{lo}:{ports.gateway}"],
+            [
+                py,
+                "-m",
+                "localmesh.proxy",
+                "--role",
+                "gateway",
+                "--routes",
+                str(paths.routes_file("istio-ingressgateway")),
+                "--admin",
+                f"{lo}:{ports.gateway_admin}",
+                "--listen",
+                f"{lo}:{ports.gateway}",
+            ],
             f"http://{lo}:{ports.gateway_admin}/ready",
         ),
         ChildSpec(
             "idgen",
-            [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / "idgen" / "gunicorn.conf.py"), "idgen.app:create_app()"],
+            [
+                str(VENV_BIN / "gunicorn"),
+                "-c",
+                str(ROOT / "idgen" / "gunicorn.conf.py"),
+                "idgen.app:create_app()",
+            ],
             f"http://{lo}:{ports.idgen}/readyz",
             {
                 "HOST": lo,
@@ -215,10 +257,40 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
         ),
         ChildSpec(
             "frontend",
-            [str(VENV_BIN / "functions-framework"), "--target=recipes",
-             f"--source={ROOT / 'frontend' / 'main.py'}", f"--host={lo}", f"--port={ports.site}"],
+            [
+                str(VENV_BIN / "functions-framework"),
+                "--target=recipes",
+                f"--source={ROOT / 'frontend' / 'main.py'}",
+                f"--host={lo}",
+                f"--port={ports.site}",
+            ],
             f"http://{lo}:{ports.site}/healthz",
-            {"IDGEN_URL": f"http://{lo}:{ports.gateway}/id", "RECIPES_DB": str(paths.recipes_db)},
+            {
+                "IDGEN_URL": f"http://{lo}:{ports.gateway}/id",
+                "RECIPES_DB": str(paths.recipes_db),
+                # functions-framework cannot turn off gunicorn 27's control socket, which otherwise
+                # lands in one path shared by every server of the user ($HOME/.gunicorn).
+                "XDG_RUNTIME_DIR": str(paths.state_dir / "run"),
+            },
+        ),
+        ChildSpec(
+            "console",
+            [
+                py,
+                "-m",
+                "egresswatch",
+                "console",
+                "--port",
+                str(ports.console),
+                "--host",
+                lo,
+                *(
+                    ["--prometheus", f"http://{lo}:{ports.prometheus}"]
+                    if prometheus
+                    else ["--proxies", f"{lo}:{ports.gateway_admin}", f"{lo}:{ports.sidecar_admin}"]
+                ),
+            ],
+            f"http://{lo}:{ports.console}/healthz",
         ),
     ]
     if prometheus:
@@ -226,8 +298,13 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
         specs.append(
             ChildSpec(
                 "prometheus",
-                [prometheus, f"--config.file={pdir / 'prometheus.yml'}", f"--storage.tsdb.path={pdir / 'data'}",
-                 f"--web.listen-address={lo}:{ports.prometheus}", "--storage.tsdb.retention.time=2h"],
+                [
+                    prometheus,
+                    f"--config.file={pdir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={pdir / 'data'}",
+                    f"--web.listen-address={lo}:{ports.prometheus}",
+                    "--storage.tsdb.retention.time=2h",
+                ],
                 f"http://{lo}:{ports.prometheus}/-/ready",
             )
         )
@@ -248,9 +325,11 @@ def taken_ports(ports: Ports, with_prometheus: bool) -> list[str]:
         if name == "prometheus" and not with_prometheus:
             continue
         if port_in_use(port):
-            problems.append(f"port {port} ({name}) is already in use on {LOOPBACK}: stop what holds it "
-                            f"(`ss -ltnp 'sport = :{port}'` shows it) or choose another with "
-                            f"`--port {name}=NNNN` or LOCALMESH_PORT_{name.upper()}=NNNN")
+            problems.append(
+                f"port {port} ({name}) is already in use on {LOOPBACK}: stop what holds it "
+                f"(`ss -ltnp 'sport = :{port}'` shows it) or choose another with "
+                f"`--port {name}=NNNN` or LOCALMESH_PORT_{name.upper()}=NNNN"
+            )
     return problems
 
 
@@ -287,6 +366,13 @@ def read_state(paths: Paths) -> StackState | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while pid runs. A child of ours that exited is reaped here, so it does not linger as
+    a zombie that looks alive (the demo is the supervisor's parent when it started the stack)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: ask the kernel below
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -338,10 +424,14 @@ class Supervisor:
         self.restarts[name] = recent
         code = child.popen.returncode
         if len(recent) > MAX_RESTARTS:
-            raise StartError(f"{name} crashed {len(recent)} times within {RESTART_WINDOW:.0f} s (last exit code "
-                             f"{code}); stopping the whole stack. Its log ({child.log}):\n{log_tail(child.log)}")
-        self._log(f"{name} exited with code {code}; restarting it (restart {len(recent)} of {MAX_RESTARTS} "
-                  f"allowed within {RESTART_WINDOW:.0f} s). Log tail:\n{log_tail(child.log, 5)}")
+            raise StartError(
+                f"{name} crashed {len(recent)} times within {RESTART_WINDOW:.0f} s (last exit code "
+                f"{code}); stopping the whole stack. Its log ({child.log}):\n{log_tail(child.log)}"
+            )
+        self._log(
+            f"{name} exited with code {code}; restarting it (restart {len(recent)} of {MAX_RESTARTS} "
+            f"allowed within {RESTART_WINDOW:.0f} s). Log tail:\n{log_tail(child.log, 5)}"
+        )
         restarted = self._start(name)
         wait_http(restarted, self.specs[name].ready_url)
         self._publish("ready")

@@ -20,7 +20,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from localmesh import http1
-from localmesh.routes import UNKNOWN
+from localmesh.routes import PASSTHROUGH, UNKNOWN
 
 if TYPE_CHECKING:
     from localmesh.downstream import Downstream
@@ -95,7 +95,9 @@ class Tunnel:
                 self.state.timeouts.connect,
             )
         except socket.gaierror:
-            self.flags = "UH"
+            # No address: a DNS cluster without endpoints (UH); for PassthroughCluster the lookup
+            # stands for the app's own, and failing it is a failed connection (UF).
+            self.flags = "UF" if self.decision.cluster == PASSTHROUGH else "UH"
             self.close()
             return
         except (TimeoutError, OSError):

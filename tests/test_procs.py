@@ -18,8 +18,9 @@ def test_running_serves_then_stops(tmp_path):
 
 
 def test_child_that_dies_is_reported_with_its_log(tmp_path):
-    child = spawn("crasher", [sys.executable, "-c", "print('boom: bad config'); raise SystemExit(3)"],
-                  tmp_path / "log")
+    child = spawn(
+        "crasher", [sys.executable, "-c", "print('boom: bad config'); raise SystemExit(3)"], tmp_path / "log"
+    )
     with pytest.raises(StartError, match=r"crasher exited with code 3(.|\n)*boom: bad config"):
         wait_http(child, f"http://127.0.0.1:{free_port()}/", timeout=10)
 

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import OUT, FakeProxy, Mesh
+from ew_fakes import OUT, FakeProxy, Mesh
 from ewseries import SCENARIOS
 
 from localmesh.procs import free_port, running

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mesh
+from ew_fakes import Mesh
 from ewseries import SCENARIOS
 
 from egresswatch.cli import main
@@ -149,7 +149,7 @@ def test_namespace_without_traffic_lists_the_namespaces_that_have_some(capsys, p
 
 
 def test_empty_window_when_prometheus_has_no_istio_samples(capsys, start_prometheus, fake_proxy) -> None:
-    from conftest import wait_for_samples
+    from ew_fakes import wait_for_samples
 
     url = start_prometheus("empty", [fake_proxy.url])  # the proxy exports only envoy_server_uptime
     wait_for_samples(url, minimum=2)
@@ -325,7 +325,7 @@ def test_lockdown_check_registered_hosts_do_not_cover_hidden_tls(capsys, passthr
 def burst(start_prometheus) -> Iterator[str]:
     """idgen made 10 calls to httpbin.org through PassthroughCluster in one burst, then nothing: every
     scrape sees the same value 10, so rate() is 0 although 10 requests left the mesh in the window."""
-    from conftest import FakeProxy, wait_for_samples
+    from ew_fakes import FakeProxy, wait_for_samples
 
     sidecar = [dataclasses.replace(s, rate=0.0, base=10.0) for s in SCENARIOS["passthrough"]().sidecar]
     proxy = FakeProxy("burst", sidecar).start()

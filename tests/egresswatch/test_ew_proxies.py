@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from conftest import FakeProxy
+from ew_fakes import FakeProxy
 from ewseries import SCENARIOS
 
 from egresswatch import exposition

@@ -54,6 +54,7 @@ class BackgroundProxy:
         app: tuple[str, int] | None = None,
         timeouts: Timeouts | None = None,
         http10: bool = False,
+        access_log=None,
     ) -> None:
         self.role = role
         self.admin_port = free_port()
@@ -80,6 +81,7 @@ class BackgroundProxy:
             decide_ingress=routes.decide_ingress,
             app=app,
             timeouts=timeouts or Timeouts(),
+            access_log=access_log,
         )
         self.server = ProxyServer(
             self.state,

@@ -22,6 +22,7 @@ from proxy_testlib import (
     closed_port,
     connect,
     exchange,
+    http_post,
     metrics_when,
     read_response,
     tables,
@@ -29,6 +30,7 @@ from proxy_testlib import (
     with_addresses,
 )
 
+from localmesh.proxy import build_parser
 from localmesh.state import Timeouts
 
 DATE = r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT"
@@ -500,3 +502,61 @@ def test_socket_helpers_do_not_leak(app):
     port = closed_port()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_transfer_codings_other_than_chunked_are_not_implemented(app):
+    request = (
+        b"POST http://httpbin.org/echo HTTP/1.1\r\nHost: httpbin.org\r\n"
+        b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+    )
+    with sidecar(app) as proxy:
+        status, headers, body, _ = exchange(proxy.outbound_port, request)
+    assert (status, body, headers["connection"]) == (501, b"Not Implemented", "close")
+    assert app.requests == []
+
+
+def test_gateway_forwards_with_edge_headers(app):
+    table = tables("passthrough", {"idgen.recipes.svc.cluster.local:80": app.address})["istio-ingressgateway"]
+    with BackgroundProxy("gateway", table) as gateway:
+        status, _, _, _ = exchange(
+            gateway.listen_port, b"GET /id HTTP/1.1\r\nHost: site\r\nX-Forwarded-For: 10.1.1.1\r\n\r\n"
+        )
+    seen = app.requests[-1]["headers"]
+    assert status == 200
+    assert seen["x-forwarded-for"] == "10.1.1.1,127.0.0.1"  # use_remote_address: the client is appended
+    assert seen["x-envoy-internal"] == "true"
+    assert seen["x-envoy-attempt-count"] == "1"
+    assert seen["x-envoy-peer-metadata-id"].startswith(
+        "router~127.0.0.1~istio-ingressgateway-local.istio-system~"
+    )
+    assert seen["x-localmesh-peer-principal"] == (
+        "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+    )
+
+
+def test_access_log_is_off_by_default_and_one_line_per_request_when_on(app, tmp_path):
+    log = (tmp_path / "access.log").open("w+")
+    with sidecar(app, access_log=log) as proxy:
+        exchange(proxy.outbound_port, get("/ok", extra="User-Agent: tester\r\n"))
+        exchange(proxy.outbound_port, get("/status/503"))
+    log.seek(0)
+    lines = log.read().splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(
+        r'\[\S+Z\] "GET http://httpbin.org/ok HTTP/1\.1" 200 - \d+ \d+ \d+ "tester" "[0-9a-f-]{36}" '
+        r'"httpbin.org" "127\.0\.0\.1:\d+" PassthroughCluster outbound',
+        lines[0],
+    )
+    assert '" 503 - ' in lines[1]
+    args = build_parser().parse_args(["--role", "gateway", "--routes", "r.json", "--admin", "127.0.0.1:1"])
+    assert args.access_log is None  # no per-request logging unless asked
+
+
+def test_route_push_lets_in_flight_requests_finish_on_the_old_table(app):
+    blackhole = tables("blackhole", {"httpbin.org:80": app.address})["idgen"]
+    with sidecar(app) as proxy, connect(proxy.outbound_port) as slow:
+        slow.sendall(get("/slow?s=0.5"))
+        time.sleep(0.2)  # the request is routed (passthrough) and waiting for the app
+        assert http_post(proxy.admin_port, "/routes", blackhole.to_json().encode())[0] == 200
+        assert exchange(proxy.outbound_port, get("/ok"))[0] == 502  # the next request: new table
+        assert read_response(slow)[:3:2] == (200, b"slow")  # the in-flight one: old table
