@@ -1,19 +1,13 @@
-"""Shared fixtures: paths to the project's environments and a real httpbin on a free port."""
+"""Shared fixtures: paths to the project's environments, a real httpbin, and the whole local mesh."""
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from stacklib import HTTPBIN_BIN, LocalStack, start_stack
 
 from localmesh.procs import free_port, running
-
-ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-HTTPBIN_BIN = Path(os.environ.get("HTTPBIN_VENV", ROOT / ".venv-httpbin")) / "bin"
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +21,13 @@ def httpbin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cmd = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "2", "httpbin:app"]
     with running("httpbin", cmd, f"http://127.0.0.1:{port}/get", log):
         yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The whole local mesh, shared by the tests that need it; each test applies the option it needs."""
+    running_stack = start_stack(tmp_path_factory.mktemp("localmesh"))
+    try:
+        yield running_stack
+    finally:
+        running_stack.localmesh("down", check=False)

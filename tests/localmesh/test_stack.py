@@ -1,0 +1,390 @@
+"""The whole local mesh, started with `localmesh up` on free ports: each egress option as DESIGN.md's
+table says, seen by the site, by idgen, at the sidecar, in the proxies' metrics and in Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+import requests
+from stacklib import ROOT, VENV_BIN, LocalStack, start_stack
+
+from localmesh.procs import port_in_use
+from localmesh.stack import Paths, pid_alive, read_state
+
+RECIPE = {"title": "Tomato soup", "author": "tests", "ingredients": ["tomatoes", "salt"], "steps": "Simmer."}
+
+# Istio's standard label set in the proxy's order (DESIGN.md, from istio/proxy istio_stats).
+LABEL_ORDER = [
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+]
+
+IDGEN_SOURCE = {
+    "reporter": "source",
+    "source_workload": "idgen",
+    "source_canonical_service": "idgen",
+    "source_canonical_revision": "v1",
+    "source_workload_namespace": "recipes",
+    "source_principal": "unknown",
+    "source_app": "idgen",
+    "source_version": "v1",
+    "source_cluster": "Kubernetes",
+}
+EXTERNAL_DESTINATION = {
+    "destination_workload": "unknown",
+    "destination_workload_namespace": "unknown",
+    "destination_principal": "unknown",
+    "destination_app": "unknown",
+    "destination_version": "unknown",
+    "destination_service": "httpbin.org",
+    "destination_canonical_service": "unknown",
+    "destination_canonical_revision": "latest",
+    "destination_cluster": "unknown",
+    "request_protocol": "http",
+    "grpc_response_status": "",
+    "response_flags": "-",
+    "connection_security_policy": "unknown",
+}
+EGRESS_SERIES = {
+    "passthrough": {
+        "destination_service_name": "PassthroughCluster",
+        "destination_service_namespace": "unknown",
+        "response_code": "200",
+    },
+    "blackhole": {
+        "destination_service_name": "BlackHoleCluster",
+        "destination_service_namespace": "unknown",
+        "response_code": "502",
+    },
+    "serviceentry": {
+        "destination_service_name": "httpbin.org",
+        "destination_service_namespace": "recipes",
+        "response_code": "200",
+    },
+}
+
+
+def series_line(labels: dict[str, str]) -> str:
+    """The exposition line prefix of istio_requests_total with labels in Istio's order."""
+    body = ",".join(f'{name}="{labels[name]}"' for name in LABEL_ORDER)
+    return f"istio_requests_total{{{body}}} "
+
+
+def counter(text: str, prefix: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
+
+
+def through_sidecar(stack: LocalStack, url: str) -> requests.Response:
+    """A request as idgen sends it: through its sidecar's outbound listener (HTTP_PROXY)."""
+    proxy = f"http://127.0.0.1:{stack.ports.sidecar_outbound}"
+    return requests.get(url, proxies={"http": proxy}, timeout=10)
+
+
+def prometheus_value(stack: LocalStack, query: str) -> list[dict]:
+    resp = requests.get(f"{stack.url('prometheus')}/api/v1/query", params={"query": query}, timeout=10)
+    resp.raise_for_status()
+    return resp.json()["data"]["result"]
+
+
+def wait_for_prometheus(stack: LocalStack, query: str, want: float, timeout: float = 30.0) -> list[dict]:
+    """Poll until the query's single value reaches want (Prometheus scrapes every second)."""
+    deadline = time.monotonic() + timeout
+    result: list[dict] = []
+    while time.monotonic() < deadline:
+        result = prometheus_value(stack, query)
+        if result and float(result[0]["value"][1]) >= want:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"Prometheus never reached {want} for {query}; last answer {result}")
+
+
+@pytest.mark.parametrize("option", ["passthrough", "blackhole", "serviceentry"])
+def test_option_end_to_end(stack: LocalStack, option: str) -> None:
+    applied = stack.apply(option)
+    assert "pushed to idgen" in applied and "pushed to istio-ingressgateway" in applied
+    metrics_before = requests.get(f"{stack.sidecar_admin}/stats/prometheus", timeout=5).text
+    labels = {**IDGEN_SOURCE, **EXTERNAL_DESTINATION, **EGRESS_SERIES[option]}
+    before = counter(metrics_before, series_line(labels))
+
+    created = requests.post(f"{stack.site}/api/recipes", json=RECIPE, timeout=15)
+    via_gateway = requests.get(f"{stack.gateway}/id", timeout=10)
+    sidecar = through_sidecar(stack, "http://httpbin.org/uuid")
+
+    if option == "blackhole":
+        assert created.status_code == 502
+        assert created.json()["error"] == "egress_blocked"
+        assert "egress policy" in created.json()["message"]
+        assert via_gateway.status_code == 502
+        body = via_gateway.json()
+        assert body["error"] == "egress_blocked" and body["upstream"] == "httpbin.org"
+        # What Istio's sidecar answers for BlackHoleCluster: a direct 502 with nothing in it.
+        assert sidecar.status_code == 502
+        assert sidecar.content == b""
+        assert sidecar.headers["server"] == "envoy"
+        assert requests.get(f"{stack.site}/api/recipes/{uuid.uuid4()}", timeout=5).status_code == 404
+    else:
+        assert created.status_code == 201, created.text
+        recipe_id = created.json()["id"]
+        assert uuid.UUID(recipe_id).version == 4
+        assert (
+            requests.get(f"{stack.site}/api/recipes/{recipe_id}", timeout=5).json()["title"]
+            == RECIPE["title"]
+        )
+        assert via_gateway.status_code == 200 and uuid.UUID(via_gateway.json()["id"])
+        assert sidecar.status_code == 200 and "uuid" in sidecar.json()
+
+    # Three egress calls: the site's creation, the direct /id, and ours through the sidecar.
+    metrics = requests.get(f"{stack.sidecar_admin}/stats/prometheus", timeout=5).text
+    assert counter(metrics, series_line(labels)) == before + 3, (
+        f"no series {series_line(labels)} in\n{metrics}"
+    )
+
+    if not stack.prometheus:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus); direct scrape checked")
+    selector = ",".join(f'{k}="{v}"' for k, v in labels.items() if v)
+    result = wait_for_prometheus(stack, f"sum(istio_requests_total{{{selector}}})", before + 3)
+    assert float(result[0]["value"][1]) == before + 3
+
+
+def test_gateway_and_inbound_series_carry_the_exchanged_identities(stack: LocalStack) -> None:
+    stack.apply("passthrough")
+    assert requests.get(f"{stack.gateway}/id", timeout=10).status_code == 200
+    inbound = requests.get(f"{stack.sidecar_admin}/stats/prometheus", timeout=5).text
+    gateway = requests.get(f"{stack.gateway_admin}/stats/prometheus", timeout=5).text
+    idgen_destination = {
+        "destination_workload": "idgen",
+        "destination_workload_namespace": "recipes",
+        "destination_principal": "spiffe://cluster.local/ns/recipes/sa/idgen",
+        "destination_app": "idgen",
+        "destination_version": "v1",
+        "destination_service": "idgen.recipes.svc.cluster.local",
+        "destination_canonical_service": "idgen",
+        "destination_canonical_revision": "v1",
+        "destination_service_name": "idgen",
+        "destination_service_namespace": "recipes",
+        "destination_cluster": "Kubernetes",
+        "request_protocol": "http",
+        "response_code": "200",
+        "grpc_response_status": "",
+        "response_flags": "-",
+    }
+    gateway_source = {
+        "source_workload": "istio-ingressgateway",
+        "source_canonical_service": "istio-ingressgateway",
+        "source_canonical_revision": "latest",
+        "source_workload_namespace": "istio-system",
+        "source_principal": "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
+        "source_app": "istio-ingressgateway",
+        "source_version": "unknown",
+        "source_cluster": "Kubernetes",
+    }
+    # idgen's sidecar reports the call as its destination, knowing the gateway through metadata exchange.
+    reported_by_sidecar = {
+        "reporter": "destination",
+        **gateway_source,
+        **idgen_destination,
+        "connection_security_policy": "mutual_tls",
+    }
+    assert counter(inbound, series_line(reported_by_sidecar)) >= 1, inbound
+    # The gateway reports the same call as its source; reporter=source has an unknown security policy.
+    reported_by_gateway = {
+        "reporter": "source",
+        **gateway_source,
+        **idgen_destination,
+        "connection_security_policy": "unknown",
+    }
+    assert counter(gateway, series_line(reported_by_gateway)) >= 1, gateway
+
+
+def test_caller_without_a_proxy_is_unknown(stack: LocalStack) -> None:
+    inbound = f"http://127.0.0.1:{stack.ports.sidecar_inbound}/healthz"
+    assert requests.get(inbound, timeout=5).status_code == 200
+    metrics = requests.get(f"{stack.sidecar_admin}/stats/prometheus", timeout=5).text
+    unknown_source = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith('istio_requests_total{reporter="destination",source_workload="unknown",')
+    ]
+    assert unknown_source, metrics
+    assert 'source_canonical_revision="latest"' in unknown_source[0]
+    assert 'connection_security_policy="none"' in unknown_source[0]
+
+
+KIALI_BY = (
+    "source_cluster,source_workload_namespace,source_workload,source_canonical_service,"
+    "source_canonical_revision,destination_cluster,destination_service_namespace,destination_service,"
+    "destination_service_name,destination_workload_namespace,destination_workload,"
+    "destination_canonical_service,destination_canonical_revision,request_protocol,response_code,"
+    "grpc_response_status,response_flags"
+)
+
+
+def test_kiali_graph_query_returns_the_egress_edge_of_each_option(stack: LocalStack) -> None:
+    if not stack.prometheus:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")
+    query = (
+        f'sum(rate(istio_requests_total{{reporter="source",source_workload_namespace="recipes"}}[1m])) '
+        f"by ({KIALI_BY}) > 0"
+    )
+    for option in ("passthrough", "blackhole", "serviceentry"):
+        stack.apply(option)
+        for _ in range(3):
+            requests.get(f"{stack.gateway}/id", timeout=10)
+        want = EGRESS_SERIES[option]
+        deadline = time.monotonic() + 30
+        edges: list[dict] = []
+        while time.monotonic() < deadline:
+            edges = [r["metric"] for r in prometheus_value(stack, query)]
+            if any(all(e.get(k) == v for k, v in want.items()) for e in edges):
+                break
+            time.sleep(0.5)
+        match = [e for e in edges if all(e.get(k) == v for k, v in want.items())]
+        assert match, f"{option}: no Kiali edge with {want} in {edges}"
+        edge = match[0]
+        assert edge["source_workload"] == "idgen" and edge["destination_service"] == "httpbin.org"
+        # Kiali drops series without canonical labels: they must be there.
+        assert edge["source_canonical_service"] == "idgen" and edge["source_canonical_revision"] == "v1"
+        assert edge["destination_canonical_revision"] == "latest"
+
+
+def test_apply_rejects_an_invalid_manifest_and_keeps_the_running_config(stack: LocalStack, tmp_path) -> None:
+    stack.apply("blackhole")
+    bad = tmp_path / "serviceentry-typo.yaml"
+    bad.write_text(
+        (ROOT / "manifests/components/serviceentry-httpbin/serviceentry-httpbin.yaml")
+        .read_text()
+        .replace("protocol: HTTP", "protocol: HTTPX")
+    )
+    done = stack.localmesh("apply", "-f", str(bad), check=False)
+    assert done.returncode == 2
+    assert str(bad) in done.stderr or bad.name in done.stderr
+    assert "ServiceEntry recipes/httpbin-ext" in done.stderr and "spec.ports[0].protocol" in done.stderr
+    assert requests.get(f"{stack.gateway}/id", timeout=10).json()["error"] == "egress_blocked"
+
+
+def test_status_names_the_applied_option(stack: LocalStack) -> None:
+    stack.apply("serviceentry")
+    out = stack.localmesh("status").stdout
+    assert "option serviceentry" in out and "ready" in out
+    for name in ("site", "gateway", "console"):
+        assert f"{name}: http://127.0.0.1:{getattr(stack.ports, name)}" in out
+
+
+def test_demo_passes_against_the_running_stack(stack: LocalStack) -> None:
+    cmd = [str(VENV_BIN / "python"), "-m", "localmesh.demo", "-n", "3", "--state-dir", str(stack.state_dir)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for option in ("passthrough", "blackhole", "serviceentry"):
+        assert f"Verdict: OK: {option}" in done.stdout
+    assert "Site: 0 of 3 recipes created; failed: 3 x 502 egress_blocked" in done.stdout
+    assert (ROOT / "out" / "graph-blackhole.svg").exists()
+    # The demo leaves a stack it did not start running.
+    assert requests.get(f"{stack.site}/healthz", timeout=5).status_code == 200
+
+
+# ---- lifecycle: a stack of its own, so these can break it ------------------------------------------
+
+
+def test_taken_port_is_a_clear_error(tmp_path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        cmd = [
+            str(VENV_BIN / "python"),
+            "-m",
+            "localmesh",
+            "--state-dir",
+            str(tmp_path),
+            "up",
+            f"--port=site={port}",
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert f"port {port} (site) is already in use" in done.stderr
+    assert "--port site=NNNN" in done.stderr and "LOCALMESH_PORT_SITE" in done.stderr
+    assert read_state(Paths(tmp_path)) is None
+
+
+def test_crash_is_restarted_and_down_leaves_nothing(tmp_path) -> None:
+    stack = start_stack(tmp_path)
+    try:
+        state = read_state(Paths(tmp_path))
+        assert state is not None and state.phase == "ready"
+        old_idgen = state.children["idgen"]
+        os.killpg(old_idgen, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = read_state(Paths(tmp_path))
+            if state and state.children["idgen"] != old_idgen and state.phase == "ready":
+                break
+            time.sleep(0.2)
+        assert state.children["idgen"] != old_idgen, "idgen was not restarted"
+        assert requests.get(f"{stack.gateway}/id", timeout=10).status_code == 200
+        log = (tmp_path / "logs" / "supervisor.log").read_text()
+        assert "idgen exited with code" in log and "restarting it" in log
+    finally:
+        stack.localmesh("down", check=False)
+    pids = [state.supervisor_pid, *state.children.values()]
+    assert not [pid for pid in pids if pid_alive(pid)]
+    assert not [port for port in vars(stack.ports).values() if port_in_use(port)]
+
+
+def test_interrupting_the_supervisor_stops_everything(tmp_path) -> None:
+    """Ctrl-C (SIGINT) reaches the supervisor: it stops every child and frees every port."""
+    stack = start_stack(tmp_path)
+    state = read_state(Paths(tmp_path))
+    try:
+        os.kill(state.supervisor_pid, signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while pid_alive(state.supervisor_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stack.localmesh("down", check=False)
+    assert not [pid for pid in state.children.values() if pid_alive(pid)]
+    assert not [port for port in vars(stack.ports).values() if port_in_use(port)]
+
+
+def test_up_twice_reports_the_running_stack(stack: LocalStack) -> None:
+    again = stack.localmesh("up")
+    assert "already running" in again.stderr
+    assert f"site: http://127.0.0.1:{stack.ports.site}" in again.stdout
+
+
+def test_state_file_is_json_with_every_child(stack: LocalStack) -> None:
+    state = json.loads((stack.state_dir / "state.json").read_text())
+    assert set(state["children"]) >= {"httpbin", "sidecar", "gateway", "idgen", "frontend", "console"}
+    assert all(pid_alive(pid) for pid in state["children"].values())
