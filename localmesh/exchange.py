@@ -51,7 +51,9 @@ RETRY_BASE = 0.025  # Envoy's default retry back-off base interval (25 ms), full
 
 CONNECT_ERROR = b"upstream connect error or disconnect/reset before headers. "
 SKIP_REQUEST = HOP_BY_HOP | peer_metadata.HEADERS | {b"expect"}
-SKIP_RESPONSE = HOP_BY_HOP | peer_metadata.HEADERS | {b"server"}
+# server and x-envoy-upstream-service-time are set by this proxy, replacing an upstream proxy's
+# (Envoy's router overwrites the service-time header; proxy_headers.go overwrites server).
+SKIP_RESPONSE = HOP_BY_HOP | peer_metadata.HEADERS | {b"server", b"x-envoy-upstream-service-time"}
 
 
 def request_id() -> bytes:

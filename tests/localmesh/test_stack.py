@@ -388,3 +388,10 @@ def test_state_file_is_json_with_every_child(stack: LocalStack) -> None:
     state = json.loads((stack.state_dir / "state.json").read_text())
     assert set(state["children"]) >= {"httpbin", "sidecar", "gateway", "idgen", "frontend", "console"}
     assert all(pid_alive(pid) for pid in state["children"].values())
+
+
+def test_gateway_answer_has_one_service_time_and_its_own_server_header(stack: LocalStack) -> None:
+    """Envoy's router replaces x-envoy-upstream-service-time, so the sidecar's never leaks through twice."""
+    resp = requests.get(f"{stack.gateway}/id", timeout=10)
+    assert resp.headers["server"] == "istio-envoy"
+    assert resp.headers["x-envoy-upstream-service-time"].isdigit()  # two would read "9, 10"
