@@ -50,22 +50,14 @@ KIALI_HTTP_BY = (
     "grpc_response_status",
     "response_flags",
 )
+# Kiali's TCP query groups by the same labels less the HTTP-only ones, with "app" first.
 KIALI_TCP_BY = (
     "app",
-    "source_cluster",
-    "source_workload_namespace",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "destination_cluster",
-    "destination_service_namespace",
-    "destination_service",
-    "destination_service_name",
-    "destination_workload_namespace",
-    "destination_workload",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "response_flags",
+    *(
+        label
+        for label in KIALI_HTTP_BY
+        if label not in ("request_protocol", "response_code", "grpc_response_status")
+    ),
 )
 # Labels Kiali requires on every series (populateTrafficMap skips the series otherwise).
 REQUIRED = (

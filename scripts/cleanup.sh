@@ -17,17 +17,7 @@ Environment:
 EOF
 }
 
-case ${1:-} in
--h | --help)
-	usage
-	exit 0
-	;;
-"") ;;
-*)
-	usage >&2
-	exit 2
-	;;
-esac
+no_arguments "$@"
 
 require_tools kubectl
 

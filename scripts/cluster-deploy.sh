@@ -19,17 +19,7 @@ Environment:
 EOF
 }
 
-case ${1:-} in
--h | --help)
-	usage
-	exit 0
-	;;
-"") ;;
-*)
-	usage >&2
-	exit 2
-	;;
-esac
+no_arguments "$@"
 
 if [[ ${SKIP_BUILD:-} == 1 ]]; then
 	require_tools kubectl

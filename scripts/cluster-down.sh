@@ -16,17 +16,7 @@ Environment:
 EOF
 }
 
-case ${1:-} in
--h | --help)
-	usage
-	exit 0
-	;;
-"") ;;
-*)
-	usage >&2
-	exit 2
-	;;
-esac
+no_arguments "$@"
 
 require_tools kind
 

@@ -24,17 +24,7 @@ Environment:
 EOF
 }
 
-case ${1:-} in
--h | --help)
-	usage
-	exit 0
-	;;
-"") ;;
-*)
-	usage >&2
-	exit 2
-	;;
-esac
+no_arguments "$@"
 
 MESH_MODE=${MESH_MODE:-allow-any}
 MESH_FILE=$ROOT/manifests/istio/mesh-$MESH_MODE.yaml

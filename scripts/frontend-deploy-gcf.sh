@@ -28,17 +28,7 @@ frontend/DEPLOY.md says more about the function and its storage.
 EOF
 }
 
-case ${1:-} in
--h | --help)
-	usage
-	exit 0
-	;;
-"") ;;
-*)
-	usage >&2
-	exit 2
-	;;
-esac
+no_arguments "$@"
 
 require_tools gcloud
 if [[ -z ${IDGEN_URL:-} ]]; then

@@ -20,17 +20,7 @@ Environment:
 EOF
 }
 
-case ${1:-} in
--h | --help)
-	usage
-	exit 0
-	;;
-"") ;;
-*)
-	usage >&2
-	exit 2
-	;;
-esac
+no_arguments "$@"
 
 VENV_BIN=${VENV_BIN:-$ROOT/.venv/bin}
 [[ -x $VENV_BIN/functions-framework ]] || die "$VENV_BIN/functions-framework not found: run \`make setup\` first"

@@ -98,3 +98,18 @@ retry() {
 		attempt=$((attempt + 1))
 	done
 }
+
+# For scripts that take no arguments: --help prints the script's usage(), anything else is an error.
+no_arguments() {
+	case ${1:-} in
+	-h | --help)
+		usage
+		exit 0
+		;;
+	"") ;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
+}

@@ -9,34 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from istio_labels import ISTIO_LABELS
+
 # Label order of istio_requests_total as the proxy writes it (DESIGN.md "Labels, in the proxy's order").
-LABEL_ORDER = (
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-)
+LABEL_ORDER = ISTIO_LABELS
 TCP_DROPPED = ("response_code", "grpc_response_status")
 
 IDGEN_SRC = {

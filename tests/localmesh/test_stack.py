@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 import requests
+from istio_labels import ISTIO_LABELS
 from stacklib import ROOT, VENV_BIN, LocalStack, start_stack
 
 from localmesh.procs import port_in_use
@@ -20,34 +21,6 @@ from localmesh.stack import Paths, pid_alive, read_state
 
 RECIPE = {"title": "Tomato soup", "author": "tests", "ingredients": ["tomatoes", "salt"], "steps": "Simmer."}
 
-# Istio's standard label set in the proxy's order (DESIGN.md, from istio/proxy istio_stats).
-LABEL_ORDER = [
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-]
 
 IDGEN_SOURCE = {
     "reporter": "source",
@@ -96,7 +69,7 @@ EGRESS_SERIES = {
 
 def series_line(labels: dict[str, str]) -> str:
     """The exposition line prefix of istio_requests_total with labels in Istio's order."""
-    body = ",".join(f'{name}="{labels[name]}"' for name in LABEL_ORDER)
+    body = ",".join(f'{name}="{labels[name]}"' for name in ISTIO_LABELS)
     return f"istio_requests_total{{{body}}} "
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from istio_labels import ISTIO_LABELS
+
 from localmesh.routes import UNKNOWN, Service, Workload
 from localmesh.telemetry import BUCKETS, HTTP_LABELS, TCP_LABELS, Telemetry, escape
 
@@ -10,33 +12,7 @@ PASSTHROUGH = Service("httpbin.org", "PassthroughCluster", "unknown")
 
 
 def test_label_order_is_istio_stats_push_order():
-    assert HTTP_LABELS == (
-        "reporter",
-        "source_workload",
-        "source_canonical_service",
-        "source_canonical_revision",
-        "source_workload_namespace",
-        "source_principal",
-        "source_app",
-        "source_version",
-        "source_cluster",
-        "destination_workload",
-        "destination_workload_namespace",
-        "destination_principal",
-        "destination_app",
-        "destination_version",
-        "destination_service",
-        "destination_canonical_service",
-        "destination_canonical_revision",
-        "destination_service_name",
-        "destination_service_namespace",
-        "destination_cluster",
-        "request_protocol",
-        "response_code",
-        "grpc_response_status",
-        "response_flags",
-        "connection_security_policy",
-    )
+    assert HTTP_LABELS == ISTIO_LABELS
     assert (*HTTP_LABELS[:21], "response_flags", "connection_security_policy") == TCP_LABELS
 
 
