@@ -53,7 +53,8 @@ def _explain(code: str, idgen_message: str, upstream: str) -> str:
         "bad_upstream_response": f"{host} answered idgen with something that is not a UUID.",
     }
     text = known.get(code, f"idgen reported an error ({code}).")
-    if idgen_message:
+    # A blocked egress is explained in full above; for the rest idgen's own words add the detail.
+    if idgen_message and code != "egress_blocked":
         text += f" idgen said: {idgen_message}"
     return text
 
