@@ -24,6 +24,7 @@ from egresswatch.report import Report, fmt_bytes, fmt_count, fmt_rate
 COLORS = {HEALTHY: "#3e8635", DEGRADED: "#ec7a08", FAILURE: "#c9190b", "tcp": "#004080", "NA": "#8a8d90"}
 NODE_BORDER = "#8a8d90"
 LAYER_GAP, ROW_GAP, MARGIN_X, MARGIN_Y, RADIUS = 230, 110, 90, 70, 18
+LABEL_CHAR_WIDTH = 6.8  # px per character of an 11 px Verdana edge label (digits are ~7, letters less)
 TYPE_ORDER = {"unknown": 0, "workload": 1, "service": 2}
 
 
@@ -132,8 +133,12 @@ def _edge_svg(
     ex, ey = x2 - ux * (RADIUS + 8) + nx, y2 - uy * (RADIUS + 8) + ny
     color = edge_color(edge)
     lines = edge_label(edge)
-    # Labels sit above the line; the lower of two parallel edges gets its label below it.
-    mx, my = (sx + ex) / 2, (sy + ey) / 2 + (16 if offset > 0 else -7 - 13 * (len(lines) - 1))
+    # Labels sit above the line; the lower of two parallel edges gets its label below it. A sloped line
+    # rises or falls across the label's width, so the label moves away by that much more (at most 40 px),
+    # else the line runs through its first or last characters.
+    half_width = max(len(t) for t in lines) * LABEL_CHAR_WIDTH / 2
+    clear = min(40.0, abs(dy) / abs(dx) * half_width) if abs(dx) > 1 else 40.0
+    mx, my = (sx + ex) / 2, (sy + ey) / 2 + (16 + clear if offset > 0 else -7 - 13 * (len(lines) - 1) - clear)
     label = "".join(
         f'<tspan x="{mx:.1f}" dy="{0 if i == 0 else 13}">{escape(t)}</tspan>' for i, t in enumerate(lines)
     )
