@@ -191,15 +191,20 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
 
 def cmd_apply(args: argparse.Namespace, paths: Paths) -> int:
     state = running_state(paths)
+    deleting = args.command == "delete"
     try:
         report = control.apply(
-            paths, kustomize=args.kustomize, file=args.filename, ports=state.ports if state else None
+            paths,
+            kustomize=None if deleting else args.kustomize,
+            file=args.filename,
+            ports=state.ports if state else None,
+            delete=deleting,
         )
     except ConfigError as err:
-        print(f"localmesh apply: {err}", file=sys.stderr)
+        print(f"localmesh {args.command}: {err}", file=sys.stderr)
         return 2
     except control.PushError as err:
-        print(f"localmesh apply: {err}", file=sys.stderr)
+        print(f"localmesh {args.command}: {err}", file=sys.stderr)
         return 1
     for line in report:
         print(line)
@@ -242,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-k", "--kustomize", type=Path, help="a kustomize directory, e.g. manifests/overlays/blackhole"
     )
     which.add_argument("-f", "--filename", type=Path, help="one YAML file (kubectl apply -f semantics)")
+    delete = sub.add_parser("delete", help="remove the objects of a YAML file and push (kubectl delete -f)")
+    delete.add_argument("-f", "--filename", type=Path, required=True, help="the YAML file whose objects go")
     sub.add_parser("supervise", help=argparse.SUPPRESS)
     return parser
 
@@ -251,6 +258,7 @@ COMMANDS = {
     "down": cmd_down,
     "status": cmd_status,
     "apply": cmd_apply,
+    "delete": cmd_apply,
     "supervise": cmd_supervise,
 }
 

@@ -1442,6 +1442,21 @@ class ClusterState:
         """`localmesh apply -f PATH`: upsert only (kubectl apply -f deletes nothing)."""
         return self.apply(load_file(path))
 
+    def delete_resources(self, resources: Iterable[Resource]) -> ApplyResult:
+        """`kubectl delete -f`: remove these objects (by kind, namespace, name). The rest must still be a
+        valid config, checked before anything changes; objects not present are reported, not errors."""
+        objects = dict(self._objects)
+        changes: list[Change] = []
+        missing: list[str] = []
+        for res in resources:
+            if objects.pop(res.key, None) is None:
+                missing.append(f"{res.ref}: not found (nothing to delete)")
+            else:
+                changes.append(Change("deleted", res.kind, res.namespace, res.name, res.api_version))
+        state, warnings = parse(objects.values())
+        self._objects = objects
+        return ApplyResult(tuple(changes), state, (*missing, *warnings))
+
     def delete(self, selector: str) -> list[Change]:
         """`kubectl delete -l SELECTOR` (across namespaces)."""
         gone = [res for res in self._objects.values() if _selector_matches(selector, res.labels)]

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from localmesh.config import ApplyResult, ClusterState
+from localmesh.config import ApplyResult, ClusterState, load_file
 from localmesh.routes import BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY, RouteTable, build_tables, decide_outbound
 from localmesh.stack import EXTERNAL_HOST, ROOT, Paths, Ports, addresses, proxy_admins
 
@@ -92,12 +92,21 @@ def prepare(paths: Paths, ports: Ports, overlay: Path | None) -> None:
     write_tables(paths, tables_for(state, ports))
 
 
-def apply(paths: Paths, kustomize: Path | None, file: Path | None, ports: Ports | None) -> list[str]:
-    """`localmesh apply`: validate and record the objects, then push to the running proxies (if ports)."""
+def apply(
+    paths: Paths, kustomize: Path | None, file: Path | None, ports: Ports | None, delete: bool = False
+) -> list[str]:
+    """`localmesh apply` (or, with delete, `localmesh delete -f`): validate and record the change, then
+    push it to the running proxies (if ports)."""
     state = load_state(paths)
     if not len(state):
         state.apply_file(DEFAULT_MESH_CONFIG)
-    result: ApplyResult = state.apply_kustomization(kustomize) if kustomize else state.apply_file(file)
+    result: ApplyResult
+    if delete:
+        result = state.delete_resources(load_file(file))
+    elif kustomize:
+        result = state.apply_kustomization(kustomize)
+    else:
+        result = state.apply_file(file)
     lines = [str(change) for change in result.changes]
     lines += [f"warning: {w}" for w in result.warnings]
     save_state(paths, state)

@@ -356,21 +356,15 @@ def test_serviceentry_report_and_proxies_mode_match_prometheus(stack: LocalStack
 
 @pytest.fixture()
 def suggested_entry_removed(stack: LocalStack, tmp_path: Path) -> Iterator[Path]:
-    """Where the test writes the suggested ServiceEntry; afterwards it is removed from the stack.
+    """Where the test writes the suggested ServiceEntry; afterwards `localmesh delete -f` removes it.
 
-    `localmesh apply -k` prunes only resources labelled egress-lab/option-resource, and `apply -f` never
-    deletes (kubectl semantics), so the suggested entry would outlive the test and unblock httpbin.org
-    for every later blackhole step. Re-applying it with that label lets the next overlay prune it."""
+    `localmesh apply -k` prunes only resources labelled egress-lab/option-resource, so without the
+    delete the suggested entry would outlive the test and unblock httpbin.org for later blackhole steps."""
     path = tmp_path / "suggested-serviceentry.yaml"
     yield path
     if path.exists():
-        labelled = tmp_path / "suggested-labelled.yaml"
-        labelled.write_text(
-            path.read_text().replace(
-                "metadata:\n", 'metadata:\n  labels:\n    egress-lab/option-resource: "true"\n'
-            )
-        )
-        stack.localmesh("apply", "-f", str(labelled))
+        deleted = stack.localmesh("delete", "-f", str(path)).stdout
+        assert 'serviceentry.networking.istio.io "httpbin-org-ext" deleted' in deleted
         stack.apply("passthrough")
         assert "option passthrough" in stack.localmesh("status").stdout
 

@@ -630,6 +630,19 @@ def test_delete_by_label():
     assert sorted(c.kind for c in cluster.delete(OPTION_SELECTOR)) == ["ServiceEntry", "Sidecar"]
 
 
+def test_delete_resources_removes_what_a_file_names_and_reports_the_rest(tmp_path):
+    cluster = ClusterState()
+    cluster.apply(overlay("blackhole"), prune_selector=OPTION_SELECTOR)
+    cluster.apply_file(write(tmp_path / "se.yaml", SE))
+    result = cluster.delete_resources(load_file(tmp_path / "se.yaml"))
+    assert [str(c) for c in result.changes] == [
+        'serviceentry.networking.istio.io "ext" deleted from recipes namespace'
+    ]
+    assert not [r for r in cluster.resources if r.kind == "ServiceEntry"]
+    again = cluster.delete_resources(load_file(tmp_path / "se.yaml"))
+    assert again.changes == () and "ServiceEntry recipes/ext: not found" in again.warnings[0]
+
+
 def test_cluster_state_json_round_trip_and_files(tmp_path):
     cluster = ClusterState(overlay("serviceentry"))
     again = ClusterState.from_json(cluster.to_json())

@@ -368,3 +368,26 @@ def test_gateway_answer_has_one_service_time_and_its_own_server_header(stack: Lo
     resp = requests.get(f"{stack.gateway}/id", timeout=10)
     assert resp.headers["server"] == "istio-envoy"
     assert resp.headers["x-envoy-upstream-service-time"].isdigit()  # two would read "9, 10"
+
+
+def test_delete_removes_an_applied_service_entry_live(stack: LocalStack, tmp_path) -> None:
+    """`localmesh delete -f` is kubectl delete -f: the entry goes and the proxies stop routing to it."""
+    stack.apply("blackhole")
+    entry = tmp_path / "se.yaml"
+    entry.write_text(
+        (ROOT / "manifests/components/serviceentry-httpbin/serviceentry-httpbin.yaml")
+        .read_text()
+        .replace("name: httpbin-ext", "name: httpbin-extra")
+    )
+    assert (
+        "serviceentry.networking.istio.io/httpbin-extra created"
+        in stack.localmesh("apply", "-f", str(entry)).stdout
+    )
+    assert requests.get(f"{stack.gateway}/id", timeout=10).status_code == 200
+    deleted = stack.localmesh("delete", "-f", str(entry)).stdout
+    assert (
+        'serviceentry.networking.istio.io "httpbin-extra" deleted' in deleted and "pushed to idgen" in deleted
+    )
+    assert requests.get(f"{stack.gateway}/id", timeout=10).json()["error"] == "egress_blocked"
+    again = stack.localmesh("delete", "-f", str(entry)).stdout
+    assert "not found" in again
