@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sidecar: accept HTTP/1.0 (Istio's ISTIO_META_HTTP10; gateways always do)",
     )
     parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="connect only to loopback addresses: hosts outside the route table's address book fail "
+        "as a failed DNS lookup, and nothing leaves the machine (the local stack's default)",
+    )
+    parser.add_argument(
         "--access-log",
         metavar="PATH",
         help="write an access log line per request to PATH ('-': stdout); off by default",
@@ -274,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             connect=args.connect_timeout,
         ),
         access_log=access_log,
+        offline=args.offline,
     )
     server = ProxyServer(state, listeners, Endpoint("--admin", *args.admin), routes.RouteTable.from_json)
     return uvloop.run(_serve(server))

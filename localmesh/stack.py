@@ -118,11 +118,12 @@ def default_state_dir() -> Path:
 
 
 def addresses(ports: Ports) -> dict[str, tuple[str, int]]:
-    """The local stand-in for DNS and Kubernetes endpoints: host:port -> where it really listens."""
-    return {
-        f"{EXTERNAL_HOST}:80": (LOOPBACK, ports.httpbin),
-        f"{IDGEN_SERVICE}:80": (LOOPBACK, ports.sidecar_inbound),
-    }
+    """The local stand-in for DNS and Kubernetes endpoints: host:port -> where it really listens.
+    Online, httpbin.org is left to real DNS."""
+    book = {f"{IDGEN_SERVICE}:80": (LOOPBACK, ports.sidecar_inbound)}
+    if not online():
+        book[f"{EXTERNAL_HOST}:80"] = (LOOPBACK, ports.httpbin)
+    return book
 
 
 def urls(ports: Ports, with_prometheus: bool) -> dict[str, str]:
@@ -179,6 +180,8 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
     """The stack's processes, in start order (proxies before idgen: holdApplicationUntilProxyStarts)."""
     py = str(VENV_BIN / "python")
     lo = LOOPBACK
+    # httpbin.org is the local stand-in unless the user asks for the real one (LOCALMESH_ONLINE=1).
+    offline = [] if online() else ["--offline"]
     specs = [
         ChildSpec(
             "httpbin",
@@ -215,6 +218,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 f"{lo}:{ports.idgen}",
                 "--outbound",
                 f"{lo}:{ports.sidecar_outbound}",
+                *offline,
             ],
             f"http://{lo}:{ports.sidecar_admin}/ready",
         ),
@@ -232,6 +236,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 f"{lo}:{ports.gateway_admin}",
                 "--listen",
                 f"{lo}:{ports.gateway}",
+                *offline,
             ],
             f"http://{lo}:{ports.gateway_admin}/ready",
         ),
@@ -309,6 +314,11 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
             )
         )
     return specs
+
+
+def online() -> bool:
+    """LOCALMESH_ONLINE=1: the proxies resolve and reach real hosts (httpbin.org itself, if mapped out)."""
+    return os.environ.get("LOCALMESH_ONLINE", "").lower() in ("1", "yes", "true", "on")
 
 
 def find_prometheus() -> str | None:

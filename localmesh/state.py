@@ -91,6 +91,7 @@ class ProxyState:
         timeouts: Timeouts | None = None,
         access_log: io.TextIOBase | None = None,
         validate: Callable[[Any], None] | None = None,
+        offline: bool = False,
     ) -> None:
         self.role = role
         self.kind = "router" if role == "gateway" else "sidecar"
@@ -101,7 +102,7 @@ class ProxyState:
         self.access_log = access_log
         self.validate = validate
         self.telemetry = Telemetry()
-        self.pool = Pool(connect_timeout=self.timeouts.connect)
+        self.pool = Pool(connect_timeout=self.timeouts.connect, offline=offline)
         self.peers = PeerCache()
         self.connections: set = set()
         self.listening = False

@@ -88,12 +88,8 @@ class Tunnel:
         asyncio.get_running_loop().create_task(self._connect(self.decision.upstream))
 
     async def _connect(self, address: tuple[str, int]) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            _, upstream = await asyncio.wait_for(
-                loop.create_connection(lambda: _Upstream(self), address[0], address[1]),
-                self.state.timeouts.connect,
-            )
+            upstream = await self.state.pool.connect(address, lambda: _Upstream(self))
         except socket.gaierror:
             # No address: a DNS cluster without endpoints (UH); for PassthroughCluster the lookup
             # stands for the app's own, and failing it is a failed connection (UF).

@@ -9,6 +9,8 @@ the bound is closed instead of kept.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -185,12 +187,35 @@ class UpstreamConnection(asyncio.Protocol):
             owner.response_complete(keep_alive)
 
 
+OFFLINE_HINT = (
+    "localmesh runs offline: only addresses in the stack's address book (127.0.0.1) are reachable; "
+    "start the stack with LOCALMESH_ONLINE=1 to let the proxies resolve and reach real hosts"
+)
+
+
+def check_offline(host: str) -> None:
+    """Offline, refuse anything but a loopback address before any lookup or packet leaves the machine.
+
+    Raises socket.gaierror, so callers treat it as the failed DNS lookup it stands for.
+    """
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        if host == "localhost":
+            return
+    raise socket.gaierror(socket.EAI_NONAME, f"{host}: {OFFLINE_HINT}")
+
+
 class Pool:
     """Idle upstream connections per address, bounded, reused most-recent first."""
 
-    def __init__(self, max_idle_per_address: int = 64, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, max_idle_per_address: int = 64, connect_timeout: float = 10.0, offline: bool = False
+    ) -> None:
         self.max_idle = max_idle_per_address
         self.connect_timeout = connect_timeout
+        self.offline = offline
         self._idle: dict[Address, list[UpstreamConnection]] = {}
         self.opened = 0
 
@@ -219,10 +244,10 @@ class Pool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def connect(
-        self, address: Address, factory: Callable[[], UpstreamConnection] | None = None
-    ) -> UpstreamConnection:
+    async def connect(self, address: Address, factory: Callable[[], Any] | None = None) -> Any:
         """A new connection (raises OSError, socket.gaierror or TimeoutError on failure)."""
+        if self.offline:
+            check_offline(address[0])
         loop = asyncio.get_running_loop()
         make = factory or (lambda: UpstreamConnection(self, address))
         _, conn = await asyncio.wait_for(

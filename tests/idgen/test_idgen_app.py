@@ -7,6 +7,7 @@ overrides; the log writes one JSON line per request.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import uuid
 
@@ -134,8 +135,12 @@ def test_closed_port_is_unreachable(app_for, closed_port):
     assert "connection refused" in body["message"]
 
 
-def test_dns_failure_is_unreachable(app_for):
-    # .invalid never resolves (RFC 6761), so no connection is ever made.
+def test_dns_failure_is_unreachable(app_for, monkeypatch):
+    # The resolver is the boundary: a failed lookup is simulated so that no query leaves the machine.
+    def no_such_host(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
     status, body = _get_id(app_for("http://idgen-test.invalid/uuid"))
     assert (status, body["error"], body["upstream"]) == (503, "upstream_unreachable", "idgen-test.invalid")
     assert "DNS" in body["message"]

@@ -141,7 +141,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a response to HEAD has no body (RFC 9110 9.3.2)
+            self.wfile.write(body)
 
     def _handle(self) -> None:
         app = self.server.app

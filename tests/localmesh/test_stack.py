@@ -391,3 +391,11 @@ def test_delete_removes_an_applied_service_entry_live(stack: LocalStack, tmp_pat
     assert requests.get(f"{stack.gateway}/id", timeout=10).json()["error"] == "egress_blocked"
     again = stack.localmesh("delete", "-f", str(entry)).stdout
     assert "not found" in again
+
+
+def test_offline_stack_never_resolves_a_host_outside_its_address_book(stack: LocalStack) -> None:
+    """Passthrough to a host the local mesh does not know fails at once, before any DNS lookup."""
+    stack.apply("passthrough")
+    resp = through_sidecar(stack, "http://not-in-the-lab.invalid/")
+    assert resp.status_code == 503
+    assert b"localmesh runs offline" in resp.content and b"LOCALMESH_ONLINE=1" in resp.content
