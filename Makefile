@@ -21,7 +21,7 @@ OPTIONS := passthrough blackhole serviceentry
         $(addprefix demo-,$(OPTIONS))
 
 help: ## list the targets
-	@grep -hE '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
+	@grep -hE '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
 
 setup: $(READY) ## create .venv and .venv-httpbin (idempotent)
 
@@ -81,7 +81,7 @@ else
 	$(BIN)/python -m localmesh.demo --keep -n $(N) $*
 endif
 
-include mk/cluster.mk mk/egresswatch.mk
+include mk/cluster.mk mk/egresswatch.mk mk/load.mk
 
 clean: ## remove the virtual environments and generated output
 	rm -rf $(VENV) $(HTTPBIN_VENV) out .localmesh

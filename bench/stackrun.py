@@ -1,0 +1,142 @@
+"""Start the local stack (or the same apps without a mesh) on free 127.0.0.1 ports for a benchmark.
+
+Always its own state folder and free ports, so a benchmark never touches a stack someone else runs
+(`make up` on the default ports, a test session's stack). Stopped by `localmesh down` / PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from localmesh.procs import free_port, running
+from localmesh.stack import HTTPBIN_BIN, LOOPBACK, ROOT, Ports
+
+PY = sys.executable
+# Variables that would send idgen's calls to some sidecar; the no-mesh baseline must not inherit them.
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy")
+
+
+@dataclass
+class Stack:
+    """A local stack started by `local_stack`: where it listens and how to drive it."""
+
+    state_dir: Path
+    ports: Ports
+    env: dict[str, str]
+
+    @property
+    def site(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.site}"
+
+    @property
+    def gateway(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.gateway}"
+
+    def localmesh(self, *args: str) -> subprocess.CompletedProcess:
+        cmd = [PY, "-m", "localmesh", "--state-dir", str(self.state_dir), *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=self.env)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"localmesh {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+            )
+        return done
+
+    def apply(self, option: str) -> None:
+        self.localmesh("apply", "-k", str(ROOT / "manifests" / "overlays" / option))
+
+    def children(self) -> dict[str, int]:
+        """Process name -> PID, from the supervisor's state file."""
+        return json.loads((self.state_dir / "state.json").read_text())["children"]
+
+
+@dataclass
+class Direct:
+    """The apps without a mesh: the site's URL and each process's PID."""
+
+    site: str
+    pids: dict[str, int]
+
+
+def free_ports() -> Ports:
+    return Ports(**{name: free_port() for name in Ports.names()})
+
+
+@contextlib.contextmanager
+def local_stack(state_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+    """`localmesh up` on free ports with extra environment (e.g. GUNICORN_WORKERS); always `down`."""
+    ports = free_ports()
+    stack = Stack(state_dir, ports, {**os.environ, **(env or {})})
+    flags = [f"--port={name}={port}" for name, port in vars(ports).items()]
+    try:
+        stack.localmesh("up", *flags)
+        yield stack
+    finally:
+        with contextlib.suppress(Exception):
+            stack.localmesh("down")
+
+
+@contextlib.contextmanager
+def no_mesh(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[Direct]:
+    """The same httpbin, idgen and site wired directly (no gateway, no sidecar), each stopped by PID."""
+    lo = LOOPBACK
+    httpbin, idgen, site = free_port(), free_port(), free_port()
+    # procs.running adds os.environ under env; an empty proxy variable counts as unset for requests
+    # (urllib.request.getproxies_environment skips empty values).
+    base = {key: "" for key in PROXY_VARS} | dict(env or {})
+    logs = workdir / "logs"
+    with (
+        running(
+            "httpbin",
+            [str(HTTPBIN_BIN / "gunicorn"), "--bind", f"{lo}:{httpbin}", *httpbin_flags(), "httpbin:app"],
+            f"http://{lo}:{httpbin}/get",
+            logs / "httpbin.log",
+            env=base,
+        ) as httpbin_child,
+        running(
+            "idgen",
+            [str(Path(PY).parent / "gunicorn"), "-c", str(ROOT / "idgen" / "gunicorn.conf.py")],
+            f"http://{lo}:{idgen}/readyz",
+            logs / "idgen.log",
+            env=base | {"HOST": lo, "PORT": str(idgen), "UPSTREAM_URL": f"http://{lo}:{httpbin}/uuid"},
+        ) as idgen_child,
+        running(
+            "frontend",
+            [
+                str(Path(PY).parent / "functions-framework"),
+                "--target=recipes",
+                f"--source={ROOT / 'frontend' / 'main.py'}",
+                f"--host={lo}",
+                f"--port={site}",
+            ],
+            f"http://{lo}:{site}/healthz",
+            logs / "frontend.log",
+            env=base
+            | {
+                "IDGEN_URL": f"http://{lo}:{idgen}/id",
+                "RECIPES_DB": str(workdir / "recipes.db"),
+                "XDG_RUNTIME_DIR": str(workdir),
+            },
+        ) as frontend_child,
+    ):
+        yield Direct(
+            f"http://{lo}:{site}",
+            {"httpbin": httpbin_child.pid, "idgen": idgen_child.pid, "frontend": frontend_child.pid},
+        )
+
+
+def httpbin_flags() -> list[str]:
+    """httpbin's worker flags exactly as the stack's plan() gives them, so both sides match."""
+    from localmesh.stack import Paths, plan
+
+    spec = next(s for s in plan(Ports(), Paths(Path("/nonexistent")), None) if s.name == "httpbin")
+    cmd = spec.cmd
+    start = cmd.index("--workers")
+    end = next(i for i, arg in enumerate(cmd) if arg == "httpbin:app")
+    return [a for a in cmd[start:end] if not a.startswith("--bind")]
