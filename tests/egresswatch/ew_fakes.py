@@ -23,6 +23,18 @@ from ewseries import Scenario, Series
 
 from localmesh.procs import free_port
 
+# Debian's Chromium, driven by Playwright (it never downloads a browser); flags that keep it off the
+# network, as this machine has none.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "out"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from istio_labels import ISTIO_LABELS
+from istio_labels import GATEWAY_SOURCE, IDGEN_DESTINATION, ISTIO_LABELS
 
 # Label order of istio_requests_total as the proxy writes it (DESIGN.md "Labels, in the proxy's order").
 LABEL_ORDER = ISTIO_LABELS
@@ -25,16 +25,6 @@ IDGEN_SRC = {
     "source_version": "v1",
     "source_cluster": "Kubernetes",
 }
-GATEWAY_SRC = {
-    "source_workload": "istio-ingressgateway",
-    "source_canonical_service": "istio-ingressgateway",
-    "source_canonical_revision": "latest",
-    "source_workload_namespace": "istio-system",
-    "source_principal": "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
-    "source_app": "istio-ingressgateway",
-    "source_version": "unknown",
-    "source_cluster": "Kubernetes",
-}
 UNKNOWN_SRC = {
     "source_workload": "unknown",
     "source_canonical_service": "unknown",
@@ -44,19 +34,6 @@ UNKNOWN_SRC = {
     "source_app": "unknown",
     "source_version": "unknown",
     "source_cluster": "unknown",
-}
-IDGEN_DST = {
-    "destination_workload": "idgen",
-    "destination_workload_namespace": "recipes",
-    "destination_principal": "spiffe://cluster.local/ns/recipes/sa/idgen",
-    "destination_app": "idgen",
-    "destination_version": "v1",
-    "destination_service": "idgen.recipes.svc.cluster.local",
-    "destination_canonical_service": "idgen",
-    "destination_canonical_revision": "v1",
-    "destination_service_name": "idgen",
-    "destination_service_namespace": "recipes",
-    "destination_cluster": "Kubernetes",
 }
 UNKNOWN_DST = {
     "destination_workload": "unknown",
@@ -148,8 +125,9 @@ class Scenario:
 def gateway_to_idgen(codes: dict[str, float], flags: str = "-") -> tuple[list[Series], list[Series]]:
     """Gateway -> idgen as both proxies report it: the gateway (reporter=source) and idgen's sidecar
     (reporter=destination, source istio-ingressgateway via peer metadata)."""
-    gw = [http("source", GATEWAY_SRC, IDGEN_DST, code, rate, flags) for code, rate in codes.items()]
-    side = [http("destination", GATEWAY_SRC, IDGEN_DST, code, rate, flags) for code, rate in codes.items()]
+    src, dst = GATEWAY_SOURCE, IDGEN_DESTINATION
+    gw = [http("source", src, dst, code, rate, flags) for code, rate in codes.items()]
+    side = [http("destination", src, dst, code, rate, flags) for code, rate in codes.items()]
     return gw, side
 
 
@@ -157,7 +135,7 @@ def passthrough() -> Scenario:
     """Option 1: ALLOW_ANY, no ServiceEntry. Also a TLS call on 443 (TCP, host hidden) and a direct
     call to idgen's sidecar from outside the mesh (the "unknown" source)."""
     gw, side = gateway_to_idgen({"200": 10})
-    side += [http("destination", UNKNOWN_SRC, IDGEN_DST, "200", 2)]
+    side += [http("destination", UNKNOWN_SRC, IDGEN_DESTINATION, "200", 2)]
     side += [http("source", IDGEN_SRC, external("httpbin.org", "PassthroughCluster"), "200", 10)]
     side += tcp(IDGEN_SRC, external("unknown", "PassthroughCluster"), opened=2, sent=600, received=5000)
     return Scenario("passthrough", gw, side)

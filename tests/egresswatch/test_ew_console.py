@@ -12,21 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from ew_fakes import OUT, FakeProxy, Mesh
+from ew_fakes import CHROMIUM, CHROMIUM_ARGS, OUT, FakeProxy, Mesh
 from ewseries import SCENARIOS
 
 from localmesh.procs import free_port, running
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 
 def console_cmd(port: int, *source: str, refresh: str = "1") -> list[str]:

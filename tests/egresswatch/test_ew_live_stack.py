@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 
 import pytest
 import requests
-from ew_fakes import OUT, ROOT
+from ew_fakes import CHROMIUM, CHROMIUM_ARGS, OUT, ROOT
 
 from egresswatch import api
 from localmesh.procs import free_port
@@ -36,16 +36,6 @@ needs_prometheus = pytest.mark.skipif(
     reason="needs prometheus (Debian: apt-get install prometheus) and LOCALMESH_PROMETHEUS not off",
 )
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 RECIPE = {"title": "Egress soup", "author": "egresswatch", "ingredients": ["water", "salt"], "steps": "Boil."}
 # Kiali's edge colours as egresswatch draws them (PatternFly success green, danger red).
 GREEN, RED = "#3e8635", "#c9190b"

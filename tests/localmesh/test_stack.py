@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 import requests
-from istio_labels import ISTIO_LABELS
+from istio_labels import GATEWAY_SOURCE, IDGEN_DESTINATION, ISTIO_LABELS
 from stacklib import ROOT, VENV_BIN, LocalStack, start_stack
 
 from localmesh.procs import port_in_use
@@ -158,32 +158,13 @@ def test_gateway_and_inbound_series_carry_the_exchanged_identities(stack: LocalS
     inbound = requests.get(f"{stack.sidecar_admin}/stats/prometheus", timeout=5).text
     gateway = requests.get(f"{stack.gateway_admin}/stats/prometheus", timeout=5).text
     idgen_destination = {
-        "destination_workload": "idgen",
-        "destination_workload_namespace": "recipes",
-        "destination_principal": "spiffe://cluster.local/ns/recipes/sa/idgen",
-        "destination_app": "idgen",
-        "destination_version": "v1",
-        "destination_service": "idgen.recipes.svc.cluster.local",
-        "destination_canonical_service": "idgen",
-        "destination_canonical_revision": "v1",
-        "destination_service_name": "idgen",
-        "destination_service_namespace": "recipes",
-        "destination_cluster": "Kubernetes",
+        **IDGEN_DESTINATION,
         "request_protocol": "http",
         "response_code": "200",
         "grpc_response_status": "",
         "response_flags": "-",
     }
-    gateway_source = {
-        "source_workload": "istio-ingressgateway",
-        "source_canonical_service": "istio-ingressgateway",
-        "source_canonical_revision": "latest",
-        "source_workload_namespace": "istio-system",
-        "source_principal": "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
-        "source_app": "istio-ingressgateway",
-        "source_version": "unknown",
-        "source_cluster": "Kubernetes",
-    }
+    gateway_source = GATEWAY_SOURCE
     # idgen's sidecar reports the call as its destination, knowing the gateway through metadata exchange.
     reported_by_sidecar = {
         "reporter": "destination",
