@@ -31,7 +31,8 @@ from pathlib import Path
 
 from bench import loadgen, procstat, results
 from bench.loadgen import Request, Result
-from bench.stackrun import Stack, local_stack, no_mesh
+from bench.stackrun import no_mesh
+from localmesh.driver import LocalStack, local_stack
 from localmesh.expected import OPTIONS
 from localmesh.stack import ROOT
 
@@ -95,7 +96,7 @@ def run_all(args: argparse.Namespace, tmp: Path) -> dict[str, Series]:
     """Every configuration up at once (idle ones cost only memory), measured in interleaved rounds."""
     configs: dict[str, Series] = {}
     # (configuration, site URL, PIDs to charge CPU to, (stack, option) to apply first or None)
-    plan: list[tuple[str, str, dict[str, int], tuple[Stack, str] | None]] = []
+    plan: list[tuple[str, str, dict[str, int], tuple[LocalStack, str] | None]] = []
     with contextlib.ExitStack() as running:
         direct = running.enter_context(no_mesh(Path(tempfile.mkdtemp(dir=tmp))))
         plan.append(("no mesh", direct.site, direct.pids, None))

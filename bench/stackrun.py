@@ -1,15 +1,10 @@
-"""Start the local stack (or the same apps without a mesh) on free 127.0.0.1 ports for a benchmark.
-
-Always its own state folder and free ports, so a benchmark never touches a stack someone else runs
-(`make up` on the default ports, a test session's stack). Stopped by `localmesh down` / PID.
+"""The same apps without a mesh, on free 127.0.0.1 ports: the baseline a benchmark compares the
+local stack (localmesh.driver) against. Each process is stopped by its PID.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -24,62 +19,11 @@ PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROX
 
 
 @dataclass
-class Stack:
-    """A local stack started by `local_stack`: where it listens and how to drive it."""
-
-    state_dir: Path
-    ports: Ports
-    env: dict[str, str]
-
-    @property
-    def site(self) -> str:
-        return f"http://{LOOPBACK}:{self.ports.site}"
-
-    @property
-    def gateway(self) -> str:
-        return f"http://{LOOPBACK}:{self.ports.gateway}"
-
-    def localmesh(self, *args: str) -> subprocess.CompletedProcess:
-        cmd = [PY, "-m", "localmesh", "--state-dir", str(self.state_dir), *args]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=self.env)
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"localmesh {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
-            )
-        return done
-
-    def apply(self, option: str) -> None:
-        self.localmesh("apply", "-k", str(ROOT / "manifests" / "overlays" / option))
-
-    def children(self) -> dict[str, int]:
-        """Process name -> PID, from the supervisor's state file."""
-        return json.loads((self.state_dir / "state.json").read_text())["children"]
-
-
-@dataclass
 class Direct:
     """The apps without a mesh: the site's URL and each process's PID."""
 
     site: str
     pids: dict[str, int]
-
-
-def free_ports() -> Ports:
-    return Ports(**{name: free_port() for name in Ports.names()})
-
-
-@contextlib.contextmanager
-def local_stack(state_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Stack]:
-    """`localmesh up` on free ports with extra environment (e.g. GUNICORN_WORKERS); always `down`."""
-    ports = free_ports()
-    stack = Stack(state_dir, ports, {**os.environ, **(env or {})})
-    flags = [f"--port={name}={port}" for name, port in vars(ports).items()]
-    try:
-        stack.localmesh("up", *flags)
-        yield stack
-    finally:
-        with contextlib.suppress(Exception):
-            stack.localmesh("down")
 
 
 @contextlib.contextmanager

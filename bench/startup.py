@@ -28,8 +28,9 @@ from pathlib import Path
 import requests
 
 from bench import results
-from bench.stackrun import PY, Stack, free_ports, local_stack
+from bench.stackrun import PY
 from localmesh import control
+from localmesh.driver import LocalStack, free_ports, local_stack
 from localmesh.stack import ROOT, Paths
 
 TARGET_DEMO_S = 30.0
@@ -59,7 +60,7 @@ def time_up_down(tmp: Path) -> float:
     return time.perf_counter() - start
 
 
-def apply_cmd(stack: Stack, option: str) -> list[str]:
+def apply_cmd(stack: LocalStack, option: str) -> list[str]:
     overlay = ROOT / "manifests" / "overlays" / option
     return [PY, "-m", "localmesh", "--state-dir", str(stack.state_dir), "apply", "-k", str(overlay)]
 
@@ -74,7 +75,7 @@ def wait_for(session: requests.Session, url: str, status: int, deadline: float) 
     raise RuntimeError(f"{url} never answered {status}")
 
 
-def flip_cli(stack: Stack, session: requests.Session, option: str) -> tuple[float, float, int]:
+def flip_cli(stack: LocalStack, session: requests.Session, option: str) -> tuple[float, float, int]:
     """(propagation seconds, the command's own seconds, polls) for one apply through the CLI."""
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -88,7 +89,7 @@ def flip_cli(stack: Stack, session: requests.Session, option: str) -> tuple[floa
     return seen - start, ended - start, polls
 
 
-def flip_in_process(stack: Stack, session: requests.Session, option: str) -> float:
+def flip_in_process(stack: LocalStack, session: requests.Session, option: str) -> float:
     start = time.perf_counter()
     control.apply(Paths(stack.state_dir), ROOT / "manifests" / "overlays" / option, None, stack.ports)
     seen, _ = wait_for(session, f"{stack.gateway}/id", EXPECTED[option], start + 30)

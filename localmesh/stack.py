@@ -321,9 +321,9 @@ def online() -> bool:
     return os.environ.get("LOCALMESH_ONLINE", "").lower() in ("1", "yes", "true", "on")
 
 
-def find_prometheus() -> str | None:
+def find_prometheus(env: Mapping[str, str] = os.environ) -> str | None:
     """The prometheus binary (Debian's or Homebrew's package), unless LOCALMESH_PROMETHEUS=off."""
-    if os.environ.get("LOCALMESH_PROMETHEUS", "").lower() in ("off", "0", "no", "false"):
+    if env.get("LOCALMESH_PROMETHEUS", "").lower() in ("off", "0", "no", "false"):
         return None
     return shutil.which("prometheus")
 

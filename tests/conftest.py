@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from stacklib import HTTPBIN_BIN, LocalStack, start_stack
 
+from localmesh.driver import LocalStack, start_stack
 from localmesh.procs import free_port, running
+from localmesh.stack import HTTPBIN_BIN
 
 
 @pytest.fixture(scope="session")

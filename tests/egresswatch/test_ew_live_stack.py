@@ -28,7 +28,7 @@ from localmesh.procs import free_port
 from localmesh.stack import find_prometheus
 
 if TYPE_CHECKING:
-    from stacklib import LocalStack
+    from localmesh.driver import LocalStack
 
 # Every test but the unreachable-Prometheus one needs the stack's Prometheus.
 needs_prometheus = pytest.mark.skipif(

@@ -14,10 +14,10 @@ import uuid
 import pytest
 import requests
 from istio_labels import GATEWAY_SOURCE, IDGEN_DESTINATION, ISTIO_LABELS
-from stacklib import ROOT, VENV_BIN, LocalStack, start_stack
 
+from localmesh.driver import LocalStack, start_stack
 from localmesh.procs import port_in_use
-from localmesh.stack import Paths, pid_alive, read_state
+from localmesh.stack import ROOT, VENV_BIN, Paths, pid_alive, read_state
 
 RECIPE = {"title": "Tomato soup", "author": "tests", "ingredients": ["tomatoes", "salt"], "steps": "Simmer."}
 
