@@ -86,7 +86,7 @@ class Counters:
         prom = urls(state.ports, state.prometheus).get("prometheus")
         self.prometheus = PrometheusClient(prom) if prom else None
         self.where = (
-            f"Prometheus {prom}" if prom else "the proxies' /stats/prometheus (no prometheus installed)"
+            f"Prometheus {prom}" if prom else "the proxies' /stats/prometheus (this stack runs no Prometheus)"
         )
 
     def now(self) -> Snapshot:
@@ -164,7 +164,7 @@ def run_option(option: str, n: int, state: StackState, paths: Paths, counters: C
     )
     print(f"Site: {site.created} of {n} recipes created" + (f"; failed: {failed}" if failed else ""))
     if site.first_message:
-        print(f"    the site said: {site.first_message[:300]}")
+        print(f"    the site said: {site.first_message}")
     try:
         report = build_report(counters.between(before, after), "recipes")
         print("Metrics (egresswatch report for this step):")
