@@ -14,13 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from istio_labels import GATEWAY_SOURCE, IDGEN_DESTINATION
 from proxy_testlib import App, exchange, http_get, http_post, tables, value
 
 from localmesh.procs import free_port, running
 
 PROXY = [sys.executable, "-m", "localmesh.proxy"]
-GATEWAY_SPIFFE = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
-IDGEN_SPIFFE = "spiffe://cluster.local/ns/recipes/sa/idgen"
 IDGEN_FQDN = "idgen.recipes.svc.cluster.local"
 
 
@@ -139,16 +138,9 @@ def test_gateway_identity_reaches_the_sidecar_metrics_and_never_the_app(mesh, ga
             sidecar_metrics,
             "istio_requests_total",
             reporter="destination",
-            source_workload="istio-ingressgateway",
-            source_workload_namespace="istio-system",
-            source_canonical_service="istio-ingressgateway",
-            source_canonical_revision="latest",
-            source_app="istio-ingressgateway",
-            source_version="unknown",
-            source_cluster="Kubernetes",
-            source_principal=GATEWAY_SPIFFE,
+            **GATEWAY_SOURCE,
             destination_workload="idgen",
-            destination_principal=IDGEN_SPIFFE,
+            destination_principal=IDGEN_DESTINATION["destination_principal"],
             destination_service=IDGEN_FQDN,
             destination_service_name="idgen",
             destination_service_namespace="recipes",
@@ -165,18 +157,8 @@ def test_gateway_identity_reaches_the_sidecar_metrics_and_never_the_app(mesh, ga
             reporter="source",
             source_workload="istio-ingressgateway",
             source_workload_namespace="istio-system",
-            source_principal=GATEWAY_SPIFFE,
-            destination_workload="idgen",
-            destination_workload_namespace="recipes",
-            destination_app="idgen",
-            destination_version="v1",
-            destination_canonical_service="idgen",
-            destination_canonical_revision="v1",
-            destination_principal=IDGEN_SPIFFE,
-            destination_cluster="Kubernetes",
-            destination_service=IDGEN_FQDN,
-            destination_service_name="idgen",
-            destination_service_namespace="recipes",
+            source_principal=GATEWAY_SOURCE["source_principal"],
+            **IDGEN_DESTINATION,
             connection_security_policy="unknown",
             response_code="200",
         )
