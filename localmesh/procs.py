@@ -26,9 +26,17 @@ class StartError(RuntimeError):
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now on host (the kernel picks it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """count distinct TCP ports, free right now on host. Every socket stays bound until all are
+    chosen: binding and closing one at a time lets the kernel hand out the same port twice."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -40,6 +48,16 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return True
     return False
+
+
+def wait_ports_free(ports: Sequence[int], timeout: float, host: str = "127.0.0.1") -> list[int]:
+    """Wait until nothing listens on any of ports; return the ones still held after timeout."""
+    deadline = time.monotonic() + timeout
+    held = [port for port in ports if port_in_use(port, host)]
+    while held and time.monotonic() < deadline:
+        time.sleep(0.05)
+        held = [port for port in held if port_in_use(port, host)]
+    return held
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -66,17 +84,32 @@ class Child:
         return self.popen.poll() is None
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the child's process group, then SIGKILL it after `grace` seconds."""
-        if self.popen.poll() is not None:
-            return
+        """SIGTERM the child's process group, then SIGKILL what is left of it after `grace` seconds.
+
+        The group is signalled even when its leader has exited: a gunicorn master killed outright
+        leaves its workers behind, still holding the port. The group ID cannot name anyone else
+        while one of them lives (Linux reuses a PID only once no process group carries it)."""
+        self._signal_group(signal.SIGTERM)
+        if not self._group_gone(grace):
+            self._signal_group(signal.SIGKILL)
+            self._group_gone(grace)
+
+    def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(grace)
+            os.killpg(self.popen.pid, signum)
+
+    def _group_gone(self, timeout: float) -> bool:
+        """Wait until no process of the child's group is left (the leader reaped); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.popen.poll()  # reap the leader, so it does not linger as a zombie of the group
+            try:
+                os.killpg(self.popen.pid, 0)
+            except ProcessLookupError:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 def spawn(
@@ -99,7 +132,10 @@ def spawn(
 
 
 def wait_http(child: Child, url: str, timeout: float = 20.0) -> None:
-    """Poll url until it answers with any HTTP status below 500; raise StartError if the child dies first."""
+    """Poll url until it answers 2xx while the child lives; raise StartError if it dies first.
+
+    Only a 2xx counts (a 404 from whatever else holds the port is not readiness), and the child
+    must still be alive after the answer, so an answer from processes it left behind is not its own."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     while time.monotonic() < deadline:
@@ -110,11 +146,10 @@ def wait_http(child: Child, url: str, timeout: float = 20.0) -> None:
             )
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status < 500:
+                if 200 <= resp.status < 300 and child.alive():
                     return
+                last = f"HTTP {resp.status}"
         except urllib.error.HTTPError as err:
-            if err.code < 500:
-                return
             last = f"HTTP {err.code}"
         except (OSError, urllib.error.URLError) as err:
             last = str(err)
