@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -116,6 +118,34 @@ def test_up_refuses_a_port_given_twice_and_names_both(tmp_path: Path) -> None:
     assert f"port {port} is given to both site and console" in done.stderr
     assert "LOCALMESH_PORT_CONSOLE=NNNN" in done.stderr and "--port console=NNNN" in done.stderr
     assert read_state(Paths(tmp_path)) is None
+
+
+def test_a_taken_port_names_the_port_and_the_hint_given_works(tmp_path: Path) -> None:
+    """`localmesh up` with a port something else holds: exit 2 naming it; the command the message
+    gives (`localmesh up --port NAME=NNNN`) then starts the stack."""
+    ports = free_ports()
+    moved = {name: str(port) for name, port in vars(ports).items()}
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        taken = holder.getsockname()[1]
+        env = {**os.environ, "LOCALMESH_PROMETHEUS": "off"}
+        base = [str(VENV_BIN / "python"), "-m", "localmesh", "--state-dir", str(tmp_path), "up"]
+        flags = [f"--port={name}={port}" for name, port in moved.items() if name != "gateway"]
+        done = subprocess.run(
+            [*base, *flags, f"--port=gateway={taken}"], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert done.returncode == 2, done.stderr
+        assert f"port {taken} (gateway) is already in use on 127.0.0.1" in done.stderr
+        hint = re.search(r"`localmesh up (--port gateway=NNNN)`", done.stderr)
+        assert hint, done.stderr
+        again = hint.group(1).replace("NNNN", moved["gateway"]).replace(" ", "=", 1)
+        try:
+            started = subprocess.run(
+                [*base, *flags, again], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+            )
+            assert started.returncode == 0, started.stderr
+            assert f"gateway: http://127.0.0.1:{moved['gateway']}" in started.stdout
+        finally:
+            subprocess.run([*base[:-1], "down"], capture_output=True, timeout=60, cwd=ROOT)
 
 
 # ---- item: a crashed gunicorn master never stops the stack ----------------------------------------
