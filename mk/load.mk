@@ -31,7 +31,7 @@ load-ui: $(READY) ## Locust's web UI on http://127.0.0.1:$LOCUST_WEB_PORT (Ctrl-
 	$(LOCUST) --web-host 127.0.0.1 --web-port $(LOCUST_WEB_PORT) --users $(LOCUST_USERS) \
 	    --spawn-rate $(LOCUST_SPAWN_RATE)
 
-bench: bench-proxy bench-chain bench-startup bench-soak ## every benchmark (a few minutes); figures in bench/RESULTS.md
+bench: bench-proxy bench-chain bench-startup ## all three benchmarks (a few minutes); figures in bench/RESULTS.md
 
 bench-proxy: $(READY) ## proxy overhead: req/s, p50/p99, CPU and memory per proxy vs a direct call
 	$(BIN)/python -m bench.proxy_overhead $(BENCH_PROXY_ARGS)
