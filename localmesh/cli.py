@@ -192,6 +192,9 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
     for proxy, (runs, applied) in control.sync_status(paths, state.ports).items():
         if runs == applied:
             print(f"  config: {proxy} runs {runs}: SYNCED with the applied config")
+        elif runs is None:
+            drift = True
+            print(f"  config: {proxy}'s admin port does not say which config it runs (applied is {applied})")
         else:
             drift = True
             print(f"  config: {proxy} runs {runs}, applied is {applied}: DRIFT")

@@ -149,17 +149,17 @@ def repush(paths: Paths, ports: Ports, state: ClusterState | None = None) -> lis
     return push(tables, ports, credential(paths))
 
 
-def running_version(admin: str) -> str:
-    """The version of the route table a proxy runs (its /config_dump), or why it cannot be told."""
+def running_version(admin: str) -> str | None:
+    """The version of the route table a proxy runs (its /config_dump); None if it does not say."""
     try:
         with urllib.request.urlopen(f"{admin}/config_dump", timeout=PUSH_TIMEOUT) as resp:
             return str(json.loads(resp.read())["version"])
-    except (OSError, ValueError, KeyError) as err:
-        return f"unknown ({err})"
+    except (OSError, ValueError, KeyError):
+        return None
 
 
-def sync_status(paths: Paths, ports: Ports) -> dict[str, tuple[str, str]]:
-    """proxy -> (version it runs, version of the applied config): equal when in sync."""
+def sync_status(paths: Paths, ports: Ports) -> dict[str, tuple[str | None, str]]:
+    """proxy -> (version it runs or None, version of the applied config): equal when in sync."""
     applied = tables_for(load_state(paths), ports)
     return {
         name: (running_version(admin), applied[name].version) for name, admin in proxy_admins(ports).items()
