@@ -80,36 +80,62 @@ class Child:
     def pid(self) -> int:
         return self.popen.pid
 
+    def exit_code(self) -> int | None:
+        """None while the child runs; else its exit code (minus the signal number if killed).
+
+        An exited child is left unreaped, a zombie, until stop(): as long as it is, its PID, which
+        is also its process group's ID, cannot be handed to another process, so stop() can signal
+        the group (workers a killed master left behind) without ever reaching a stranger."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        try:
+            info = os.waitid(os.P_PID, self.popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped elsewhere: poll() then records it as exited
+            return self.popen.poll()
+        if info is None:
+            return None
+        killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+        return -info.si_status if killed else info.si_status
+
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.exit_code() is None
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the child's process group, then SIGKILL what is left of it after `grace` seconds.
+        """SIGTERM the child's process group, SIGKILL what is left after `grace` s, then reap it.
 
         The group is signalled even when its leader has exited: a gunicorn master killed outright
-        leaves its workers behind, still holding the port. The group ID cannot name anyone else
-        while one of them lives (Linux reuses a PID only once no process group carries it)."""
+        leaves its workers behind, still holding the port."""
+        if self.popen.returncode is not None:
+            return  # reaped already: its group ID may name someone else's processes by now
         self._signal_group(signal.SIGTERM)
-        if not self._group_gone(grace):
-            self._signal_group(signal.SIGKILL)
-            self._group_gone(grace)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (self.alive() or _others_in_group(self.popen.pid)):
+            time.sleep(0.05)
+        self._signal_group(signal.SIGKILL)  # whatever is left; the unreaped leader keeps the ID ours
+        self.popen.wait(grace)
 
     def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signum)
 
-    def _group_gone(self, timeout: float) -> bool:
-        """Wait until no process of the child's group is left (the leader reaped); False on timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.popen.poll()  # reap the leader, so it does not linger as a zombie of the group
-            try:
-                os.killpg(self.popen.pid, 0)
-            except ProcessLookupError:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+
+def _others_in_group(pgid: int) -> bool:
+    """True while a live process other than the leader is in process group pgid (from /proc on
+    Linux; elsewhere False, so what is left gets SIGKILL as soon as the leader is gone)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return False
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == pgid:
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        state, _ppid, pgrp = raw[raw.rindex(")") + 2 :].split()[:3]
+        if state != "Z" and int(pgrp) == pgid:
+            return True
+    return False
 
 
 def spawn(
@@ -141,7 +167,7 @@ def wait_http(child: Child, url: str, timeout: float = 20.0) -> None:
     while time.monotonic() < deadline:
         if not child.alive():
             raise StartError(
-                f"{child.name} exited with code {child.popen.returncode} before it was ready "
+                f"{child.name} exited with code {child.exit_code()} before it was ready "
                 f"({url}). Its log ({child.log}):\n{log_tail(child.log)}"
             )
         try:

@@ -472,7 +472,7 @@ class Supervisor:
         now = time.monotonic()
         recent = [t for t in self.restarts[name] if now - t < RESTART_WINDOW] + [now]
         self.restarts[name] = recent
-        code = child.popen.returncode
+        code = child.exit_code()
         if len(recent) > MAX_RESTARTS:
             raise StartError(
                 f"{name} crashed {len(recent)} times within {RESTART_WINDOW:.0f} s (last exit code "
