@@ -95,8 +95,16 @@ class Admin(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
-        if self.size <= MAX_BODY:
+        # Only a push with the credential is kept: nobody else makes the proxy hold 16 MiB.
+        if self.size <= MAX_BODY and self._credential_ok():
             self.body.append(body)
+
+    def _credential_ok(self) -> bool:
+        return (
+            self.token is not None
+            and self.authorization is not None
+            and hmac.compare_digest(self.authorization, b"Bearer " + self.token)
+        )
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
@@ -137,7 +145,7 @@ class Admin(asyncio.Protocol):
                 b'www-authenticate: Bearer realm="localmesh admin"\r\n',
             )
             return False
-        if not hmac.compare_digest(self.authorization, b"Bearer " + self.token):
+        if not self._credential_ok():
             self._json(403, {"error": f"wrong credential for POST /routes; {fix}"})
             return False
         return True
