@@ -8,8 +8,9 @@
   installed atomically (localmesh.state.ProxyState.swap): 200 {"version": ...}; a bad table gets
   400 {"error": ...} and the running table stays.
 
-Reads are open, as Envoy's admin port is. Writes are not: Envoy's admin cannot change routes at all,
-its config comes from istiod over an authenticated channel. Here a push must carry the stack's
+Reads are open, as Envoy's admin port is. Writes are not: Envoy's admin cannot change routes at all
+(https://www.envoyproxy.io/docs/envoy/latest/operations/admin), its config comes from istiod over an
+authenticated channel. Here a push must carry the stack's
 credential (`Authorization: Bearer <token>`, the token from the 0600 file `--admin-token-file` names),
 compared in constant time; without it: 401 (no credential) or 403 (a wrong one), and nothing changes.
 A proxy started without a token file takes no push at all.

@@ -5,7 +5,8 @@ What istiod does on a cluster, in three steps: the applied objects live in the s
 to the file its proxy starts from and POSTed to the running proxy's admin endpoint (the stand-in for
 an xDS push), with the stack's credential (istiod's channel is authenticated). Proxies swap tables
 atomically, so nothing restarts. `sync_status` compares what each proxy runs with the applied config,
-as `istioctl proxy-status` says SYNCED or STALE.
+as `istioctl proxy-status` says SYNCED or STALE
+(https://istio.io/latest/docs/reference/commands/istioctl/#istioctl-proxy-status).
 """
 
 from __future__ import annotations

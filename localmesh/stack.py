@@ -278,7 +278,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 "HTTPS_PROXY": f"http://{lo}:{ports.sidecar_outbound}",
                 "NO_PROXY": "127.0.0.1,localhost",
             },
-            [ports.idgen],
+            ports=[ports.idgen],
         ),
         ChildSpec(
             "frontend",
@@ -297,7 +297,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 # lands in one path shared by every server of the user ($HOME/.gunicorn).
                 "XDG_RUNTIME_DIR": str(paths.state_dir / "run"),
             },
-            [ports.site],
+            ports=[ports.site],
         ),
         ChildSpec(
             "console",
@@ -388,7 +388,7 @@ class StackState:
     """What state.json says about a running stack; `status`, `down`, `apply` and the demo read it."""
 
     supervisor_pid: int
-    phase: str  # "starting", "ready", "failed", "stopping"
+    phase: str  # "starting", "ready", "restarting" (a crashed child), "failed", "stopping"
     ports: Ports
     prometheus: bool
     children: dict[str, int] = field(default_factory=dict)
