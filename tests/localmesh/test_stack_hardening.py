@@ -92,6 +92,20 @@ def test_status_shows_the_version_each_proxy_runs_and_flags_drift(stack: LocalSt
     assert f"idgen runs {applied}: SYNCED" in stack.localmesh("status").stdout
     assert requests.get(f"{stack.gateway}/id", timeout=10).json()["error"] == "egress_blocked"
 
+    # A restarted proxy starts from its route file: one left older than the applied config shows too.
+    routes_file = stack.state_dir / "routes" / "idgen.json"
+    routes_file.write_text(json.dumps(older))
+    sidecar = stack.children()["sidecar"]
+    os.kill(sidecar, signal.SIGKILL)
+    wait_restarted(stack.state_dir, "sidecar", sidecar)
+    assert (
+        f"idgen runs {older['version']}, applied is {applied}: DRIFT"
+        in stack.localmesh("status", check=False).stdout
+    )
+    stack.localmesh("push")
+    assert json.loads(routes_file.read_text())["version"] == applied
+    assert f"idgen runs {applied}: SYNCED" in stack.localmesh("status").stdout
+
 
 def test_push_on_a_stopped_stack_says_how_to_start_it(tmp_path: Path) -> None:
     cmd = [str(VENV_BIN / "python"), "-m", "localmesh", "--state-dir", str(tmp_path), "push"]
