@@ -239,12 +239,12 @@ def soak(seconds: float, users: int, workdir: Path) -> tuple[list[str], bool]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=60.0, help="load duration (default 60; max 600)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="load duration (default 60; max 300)")
     parser.add_argument("--users", type=int, default=8, help="Locust users (default 8)")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/RESULTS.md")
     args = parser.parse_args(argv)
-    if not 0 < args.seconds <= 600 or not 0 < args.users <= 100:
-        parser.error("--seconds must be in (0, 600] and --users in [1, 100]: the soak is bounded")
+    if not 0 < args.seconds <= 300 or not 0 < args.users <= 100:
+        parser.error("--seconds must be in (0, 300] and --users in [1, 100]: the soak is bounded")
     workdir = Path(tempfile.mkdtemp(prefix="localmesh-soak-"))
     lines, held = soak(args.seconds, args.users, workdir)
     print("\n".join(lines))
