@@ -19,10 +19,10 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 HEAD = """# Benchmark results
 
-Written by `make bench` (or one of `make bench-proxy`, `make bench-chain`, `make bench-startup`); each
-benchmark replaces its own section below and leaves the others as they were. Every figure comes with
-its ratio to a baseline measured in the same run, on the same machine, minutes apart at most: on a
-shared 2-core machine only such ratios compare well between runs.
+Written by `make bench` (or one of `make bench-proxy`, `make bench-chain`, `make bench-startup`) and
+`make bench-soak`; each benchmark replaces its own section below and leaves the others as they were.
+Every figure comes with its ratio to a baseline measured in the same run, on the same machine, minutes
+apart at most: on a shared 2-core machine only such ratios compare well between runs.
 
 """
 

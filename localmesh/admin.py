@@ -3,15 +3,23 @@
 - GET  /stats/prometheus: Istio's metrics, Prometheus text format 0.0.4;
 - GET  /ready: 200 "LIVE" once the listeners are up with a route table (Envoy's /ready answers
   "LIVE" in state LIVE, 503 with the state name before);
-- GET  /config_dump: the current route table as JSON;
+- GET  /config_dump: the current route table as JSON (its version included; no secret);
 - POST /routes: a new route table (RouteTable JSON). It is parsed and checked first, then
   installed atomically (localmesh.state.ProxyState.swap): 200 {"version": ...}; a bad table gets
   400 {"error": ...} and the running table stays.
+
+Reads are open, as Envoy's admin port is. Writes are not: Envoy's admin cannot change routes at all
+(https://www.envoyproxy.io/docs/envoy/latest/operations/admin), its config comes from istiod over an
+authenticated channel. Here a push must carry the stack's
+credential (`Authorization: Bearer <token>`, the token from the 0600 file `--admin-token-file` names),
+compared in constant time; without it: 401 (no credential) or 403 (a wrong one), and nothing changes.
+A proxy started without a token file takes no push at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from collections.abc import Callable
 from typing import Any
@@ -50,9 +58,13 @@ def check_table(state: ProxyState, table: Any) -> None:
 class Admin(asyncio.Protocol):
     """A small HTTP/1.1 server for the admin endpoints (one request at a time per connection)."""
 
-    def __init__(self, state: ProxyState, parse_table: Callable[[str], Any]) -> None:
+    def __init__(
+        self, state: ProxyState, parse_table: Callable[[str], Any], token: bytes | None = None
+    ) -> None:
         self.state = state
         self.parse_table = parse_table
+        self.token = token
+        self.authorization: bytes | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -70,6 +82,7 @@ class Admin(asyncio.Protocol):
             self._send(400, b"text/plain", b"Bad Request", close=True)
 
     def on_message_begin(self) -> None:
+        self.authorization = None
         self.url = b""
         self.body = []
         self.size = 0
@@ -77,10 +90,22 @@ class Admin(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"authorization":
+            self.authorization = value
+
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
-        if self.size <= MAX_BODY:
+        # Only a push with the credential is kept: nobody else makes the proxy hold 16 MiB.
+        if self.size <= MAX_BODY and self._credential_ok():
             self.body.append(body)
+
+    def _credential_ok(self) -> bool:
+        return (
+            self.token is not None
+            and self.authorization is not None
+            and hmac.compare_digest(self.authorization, b"Bearer " + self.token)
+        )
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
@@ -97,13 +122,34 @@ class Admin(asyncio.Protocol):
         elif path == b"/config_dump" and method == b"GET":
             self._send(200, b"application/json", state.table.to_json().encode())
         elif path == b"/routes" and method == b"POST":
-            self._push()
+            if self._authorized():
+                self._push()
         else:
             self._send(
                 404,
                 b"text/plain",
                 b"unknown admin path; try /stats/prometheus, /ready, /config_dump or POST /routes\n",
             )
+
+    def _authorized(self) -> bool:
+        """True when the push carries the stack's credential; otherwise answer 401 or 403."""
+        fix = "config is pushed with `localmesh apply`, which sends the stack's credential"
+        if self.token is None:
+            self._json(
+                403, {"error": f"this proxy takes no route push (started without --admin-token-file); {fix}"}
+            )
+            return False
+        if self.authorization is None:
+            self._json(
+                401,
+                {"error": f"POST /routes needs the stack's credential (Authorization: Bearer); {fix}"},
+                b'www-authenticate: Bearer realm="localmesh admin"\r\n',
+            )
+            return False
+        if not self._credential_ok():
+            self._json(403, {"error": f"wrong credential for POST /routes; {fix}"})
+            return False
+        return True
 
     def _push(self) -> None:
         if self.size > MAX_BODY:
@@ -122,10 +168,12 @@ class Admin(asyncio.Protocol):
         self.state.swap(table)
         self._json(200, {"version": table.version})
 
-    def _json(self, code: int, payload: dict) -> None:
-        self._send(code, b"application/json", json.dumps(payload).encode() + b"\n")
+    def _json(self, code: int, payload: dict, extra: bytes = b"") -> None:
+        self._send(code, b"application/json", json.dumps(payload).encode() + b"\n", extra=extra)
 
-    def _send(self, code: int, content_type: bytes, body: bytes, close: bool = False) -> None:
+    def _send(
+        self, code: int, content_type: bytes, body: bytes, close: bool = False, extra: bytes = b""
+    ) -> None:
         if self.transport is None or self.transport.is_closing():
             return
         close = close or not self.keep_alive
@@ -141,6 +189,6 @@ class Admin(asyncio.Protocol):
         )
         if close:
             head += b"connection: close\r\n"
-        self.transport.write(head + b"\r\n" + body)
+        self.transport.write(head + extra + b"\r\n" + body)
         if close:
             self.transport.close()

@@ -1,4 +1,4 @@
-"""`localmesh up|down|status|apply`: the local mesh's command line (also `python -m localmesh`)."""
+"""`localmesh up|down|status|apply|delete|push`: the local mesh's command line (`python -m localmesh`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from localmesh.stack import (
     StackState,
     Supervisor,
     default_state_dir,
+    duplicate_ports,
     find_prometheus,
+    listening_ports,
     pid_alive,
     plan,
     ports_from_env,
@@ -72,7 +74,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
         print(f"localmesh up: {err}", file=sys.stderr)
         return 2
     prometheus = find_prometheus()
-    problems = taken_ports(ports, prometheus is not None)
+    problems = duplicate_ports(ports, prometheus is not None) or taken_ports(ports, prometheus is not None)
     if problems:
         print("localmesh up: cannot start:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
@@ -83,6 +85,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
     except ConfigError as err:
         print(f"localmesh up: invalid mesh config: {err}", file=sys.stderr)
         return 2
+    control.new_credential(paths)
     (paths.prometheus_dir / "prometheus.yml").write_text(prometheus_config(ports))
     # The proxies' counters start from zero, so Prometheus starts from an empty database too:
     # stale series of an earlier run would otherwise still answer queries for 5 minutes.
@@ -161,8 +164,8 @@ def cmd_down(args: argparse.Namespace, paths: Paths) -> int:
                 os.killpg(pid, 15)
     held = [
         f"{name} {port}"
-        for name, port in vars(state.ports).items()
-        if port_in_use(port) and (name != "prometheus" or state.prometheus)
+        for name, port in listening_ports(state.ports, state.prometheus).items()
+        if port_in_use(port)
     ]
     deadline = time.monotonic() + 10
     while held and time.monotonic() < deadline:
@@ -185,8 +188,34 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
     for name, pid in state.children.items():
         print(f"  {name:<11} pid {pid:<8} {'running' if pid_alive(pid) else 'NOT RUNNING'}")
     print(f"  egress option: {control.current_option(paths)}")
+    drift = False
+    for proxy, (runs, applied) in control.sync_status(paths, state.ports).items():
+        if runs == applied:
+            print(f"  config: {proxy} runs {runs}: SYNCED with the applied config")
+        elif runs is None:
+            drift = True
+            print(f"  config: {proxy}'s admin port does not say which config it runs (applied is {applied})")
+        else:
+            drift = True
+            print(f"  config: {proxy} runs {runs}, applied is {applied}: DRIFT")
+    if drift:
+        print("  a proxy does not run the applied config: `localmesh push` pushes it again")
     print_urls(state)
-    return 0 if state.phase == "ready" else 1
+    return 0 if state.phase == "ready" and not drift else 1
+
+
+def cmd_push(args: argparse.Namespace, paths: Paths) -> int:
+    state = running_state(paths)
+    if state is None:
+        print("localmesh push: the stack is not running; `localmesh up` starts it with the applied config")
+        return 3
+    try:
+        lines = control.repush(paths, state.ports)
+    except control.PushError as err:
+        print(f"localmesh push: {err}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
 
 
 def cmd_apply(args: argparse.Namespace, paths: Paths) -> int:
@@ -249,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("-f", "--filename", type=Path, help="one YAML file (kubectl apply -f semantics)")
     delete = sub.add_parser("delete", help="remove the objects of a YAML file and push (kubectl delete -f)")
     delete.add_argument("-f", "--filename", type=Path, required=True, help="the YAML file whose objects go")
+    sub.add_parser(
+        "push", help="push the applied config to the running proxies again (after DRIFT in status)"
+    )
     sub.add_parser("supervise", help=argparse.SUPPRESS)
     return parser
 
@@ -259,6 +291,7 @@ COMMANDS = {
     "status": cmd_status,
     "apply": cmd_apply,
     "delete": cmd_apply,
+    "push": cmd_push,
     "supervise": cmd_supervise,
 }
 

@@ -3,12 +3,17 @@
 What istiod does on a cluster, in three steps: the applied objects live in the stack's state folder
 (the stand-in for the API server), `routes.build_tables` compiles them, and each table is written
 to the file its proxy starts from and POSTed to the running proxy's admin endpoint (the stand-in for
-an xDS push). Proxies swap tables atomically, so nothing restarts.
+an xDS push), with the stack's credential (istiod's channel is authenticated). Proxies swap tables
+atomically, so nothing restarts. `sync_status` compares what each proxy runs with the applied config,
+as `istioctl proxy-status` says SYNCED or STALE
+(https://istio.io/latest/docs/reference/commands/istioctl/#istioctl-proxy-status).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +29,28 @@ PUSH_TIMEOUT = 5.0
 
 class PushError(RuntimeError):
     """A running proxy refused or missed a config push; the message names the proxy and the fix."""
+
+
+def new_credential(paths: Paths) -> None:
+    """A fresh random credential for this stack's config pushes, in a file only its user can read.
+    Written at every `up`, before the proxies start: they read it once, at start."""
+    paths.admin_token.parent.mkdir(parents=True, exist_ok=True)
+    tmp = paths.admin_token.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(32) + "\n")
+    tmp.replace(paths.admin_token)
+
+
+def credential(paths: Paths) -> str:
+    try:
+        return paths.admin_token.read_text().strip()
+    except OSError as err:
+        raise PushError(
+            f"cannot read the stack's push credential {paths.admin_token} ({err.strerror or err}); "
+            "restart the stack (`localmesh down`, then `localmesh up`) to make a new one"
+        ) from err
 
 
 def load_state(paths: Paths) -> ClusterState:
@@ -54,7 +81,7 @@ def write_tables(paths: Paths, tables: dict[str, RouteTable]) -> None:
         tmp.replace(target)
 
 
-def push(tables: dict[str, RouteTable], ports: Ports) -> list[str]:
+def push(tables: dict[str, RouteTable], ports: Ports, token: str) -> list[str]:
     """POST each table to its proxy's admin endpoint; raise PushError naming any proxy that refused."""
     lines = []
     for name, admin in proxy_admins(ports).items():
@@ -62,7 +89,7 @@ def push(tables: dict[str, RouteTable], ports: Ports) -> list[str]:
             f"{admin}/routes",
             data=tables[name].to_json().encode(),
             method="POST",
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
         )
         try:
             with urllib.request.urlopen(request, timeout=PUSH_TIMEOUT) as resp:
@@ -112,10 +139,32 @@ def apply(
     save_state(paths, state)
     lines.append(f"egress policy for recipes: {describe(state)}")
     if ports is not None:
-        tables = tables_for(state, ports)
-        write_tables(paths, tables)
-        lines += push(tables, ports)
+        lines += repush(paths, ports, state)
     return lines
+
+
+def repush(paths: Paths, ports: Ports, state: ClusterState | None = None) -> list[str]:
+    """Write the applied config's route tables and push them to the running proxies."""
+    tables = tables_for(state or load_state(paths), ports)
+    write_tables(paths, tables)
+    return push(tables, ports, credential(paths))
+
+
+def running_version(admin: str) -> str | None:
+    """The version of the route table a proxy runs (its /config_dump); None if it does not say."""
+    try:
+        with urllib.request.urlopen(f"{admin}/config_dump", timeout=PUSH_TIMEOUT) as resp:
+            return str(json.loads(resp.read())["version"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def sync_status(paths: Paths, ports: Ports) -> dict[str, tuple[str | None, str]]:
+    """proxy -> (version it runs or None, version of the applied config): equal when in sync."""
+    applied = tables_for(load_state(paths), ports)
+    return {
+        name: (running_version(admin), applied[name].version) for name, admin in proxy_admins(ports).items()
+    }
 
 
 def describe(state: ClusterState) -> str:

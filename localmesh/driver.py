@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localmesh.procs import free_port
+from localmesh.procs import free_ports as free_port_numbers
 from localmesh.stack import LOOPBACK, ROOT, VENV_BIN, Paths, Ports, find_prometheus, read_state, urls
 
 
@@ -68,7 +68,8 @@ class LocalStack:
 
 
 def free_ports() -> Ports:
-    return Ports(**{name: free_port() for name in Ports.names()})
+    """Distinct free ports, one per name."""
+    return Ports(*free_port_numbers(len(Ports.names())))
 
 
 def start_stack(state_dir: Path, env: Mapping[str, str] | None = None) -> LocalStack:

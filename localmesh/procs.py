@@ -26,9 +26,17 @@ class StartError(RuntimeError):
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now on host (the kernel picks it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """count distinct TCP ports, free right now on host. Every socket stays bound until all are
+    chosen: binding and closing one at a time lets the kernel hand out the same port twice."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -40,6 +48,16 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return True
     return False
+
+
+def wait_ports_free(ports: Sequence[int], timeout: float, host: str = "127.0.0.1") -> list[int]:
+    """Wait until nothing listens on any of ports; return the ones still held after timeout."""
+    deadline = time.monotonic() + timeout
+    held = [port for port in ports if port_in_use(port, host)]
+    while held and time.monotonic() < deadline:
+        time.sleep(0.05)
+        held = [port for port in held if port_in_use(port, host)]
+    return held
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -62,21 +80,62 @@ class Child:
     def pid(self) -> int:
         return self.popen.pid
 
+    def exit_code(self) -> int | None:
+        """None while the child runs; else its exit code (minus the signal number if killed).
+
+        An exited child is left unreaped, a zombie, until stop(): as long as it is, its PID, which
+        is also its process group's ID, cannot be handed to another process, so stop() can signal
+        the group (workers a killed master left behind) without ever reaching a stranger."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        try:
+            info = os.waitid(os.P_PID, self.popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped elsewhere: poll() then records it as exited
+            return self.popen.poll()
+        if info is None:
+            return None
+        killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+        return -info.si_status if killed else info.si_status
+
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.exit_code() is None
 
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the child's process group, then SIGKILL it after `grace` seconds."""
-        if self.popen.poll() is not None:
-            return
+        """SIGTERM the child's process group, SIGKILL what is left after `grace` s, then reap it.
+
+        The group is signalled even when its leader has exited: a gunicorn master killed outright
+        leaves its workers behind, still holding the port."""
+        if self.popen.returncode is not None:
+            return  # reaped already: its group ID may name someone else's processes by now
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (self.alive() or _others_in_group(self.popen.pid)):
+            time.sleep(0.05)
+        self._signal_group(signal.SIGKILL)  # whatever is left; the unreaped leader keeps the ID ours
+        self.popen.wait(grace)
+
+    def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
+            os.killpg(self.popen.pid, signum)
+
+
+def _others_in_group(pgid: int) -> bool:
+    """True while a live process other than the leader is in process group pgid (from /proc on
+    Linux; elsewhere False, so what is left gets SIGKILL as soon as the leader is gone)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return False
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == pgid:
+            continue
         try:
-            self.popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(grace)
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        state, _ppid, pgrp = raw[raw.rindex(")") + 2 :].split()[:3]
+        if state != "Z" and int(pgrp) == pgid:
+            return True
+    return False
 
 
 def spawn(
@@ -99,22 +158,24 @@ def spawn(
 
 
 def wait_http(child: Child, url: str, timeout: float = 20.0) -> None:
-    """Poll url until it answers with any HTTP status below 500; raise StartError if the child dies first."""
+    """Poll url until it answers 2xx while the child lives; raise StartError if it dies first.
+
+    Only a 2xx counts (a 404 from whatever else holds the port is not readiness), and the child
+    must still be alive after the answer, so an answer from processes it left behind is not its own."""
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     while time.monotonic() < deadline:
         if not child.alive():
             raise StartError(
-                f"{child.name} exited with code {child.popen.returncode} before it was ready "
+                f"{child.name} exited with code {child.exit_code()} before it was ready "
                 f"({url}). Its log ({child.log}):\n{log_tail(child.log)}"
             )
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status < 500:
+                if 200 <= resp.status < 300 and child.alive():
                     return
+                last = f"HTTP {resp.status}"
         except urllib.error.HTTPError as err:
-            if err.code < 500:
-                return
             last = f"HTTP {err.code}"
         except (OSError, urllib.error.URLError) as err:
             last = str(err)

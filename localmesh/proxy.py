@@ -66,11 +66,13 @@ class ProxyServer:
         listeners: Sequence[tuple[Listener, Endpoint]],
         admin: Endpoint,
         parse_table: Callable[[str], Any],
+        admin_token: bytes | None = None,
     ) -> None:
         self.state = state
         self.listeners = listeners
         self.admin = admin
         self.parse_table = parse_table
+        self.admin_token = admin_token
         self.servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.Task | None = None
 
@@ -84,7 +86,9 @@ class ProxyServer:
                     loop, lambda listener=listener: Downstream(state, listener), endpoint
                 )
                 self.servers.append(server)
-            admin = await self._bind(loop, lambda: Admin(state, self.parse_table), self.admin)
+            admin = await self._bind(
+                loop, lambda: Admin(state, self.parse_table, self.admin_token), self.admin
+            )
             self.servers.append(admin)
         except ListenError:
             await self.stop()
@@ -147,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_address,
         metavar="HOST:PORT",
         help="admin listener: /stats/prometheus, /ready, /config_dump, POST /routes",
+    )
+    parser.add_argument(
+        "--admin-token-file",
+        type=Path,
+        metavar="PATH",
+        help="the credential POST /routes must carry (Authorization: Bearer); without it, no push is taken",
     )
     parser.add_argument("--listen", type=parse_address, metavar="HOST:PORT", help="gateway: listener")
     parser.add_argument(
@@ -262,6 +272,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         print(f"localmesh.proxy: --routes {args.routes} is not a valid route table: {exc}", file=sys.stderr)
         return 2
+    admin_token = None
+    if args.admin_token_file is not None:
+        try:
+            admin_token = args.admin_token_file.read_bytes().strip()
+        except OSError as exc:
+            print(
+                f"localmesh.proxy: cannot read --admin-token-file {args.admin_token_file}: "
+                f"{exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 2
+        if not admin_token:
+            print(f"localmesh.proxy: --admin-token-file {args.admin_token_file} is empty", file=sys.stderr)
+            return 2
     access_log = None
     if args.access_log == "-":
         access_log = sys.stdout
@@ -282,7 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=access_log,
         offline=args.offline,
     )
-    server = ProxyServer(state, listeners, Endpoint("--admin", *args.admin), routes.RouteTable.from_json)
+    server = ProxyServer(
+        state, listeners, Endpoint("--admin", *args.admin), routes.RouteTable.from_json, admin_token
+    )
     return uvloop.run(_serve(server))
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from localmesh.procs import Child, StartError, log_tail, port_in_use, spawn, wait_http
+from localmesh.procs import Child, StartError, log_tail, port_in_use, spawn, wait_http, wait_ports_free
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -31,6 +31,12 @@ IDGEN_SERVICE = "idgen.recipes.svc.cluster.local"
 # crash stops the whole stack, so a broken child cannot flap forever behind a "running" status.
 MAX_RESTARTS = 3
 RESTART_WINDOW = 60.0
+# Before a restart the old process group gets this long to go after SIGTERM (then SIGKILL), and its
+# ports this long to be free: a gunicorn master killed outright leaves workers that hold the port,
+# and a new master gives up after 5 bind attempts.
+RESTART_GRACE = 5.0
+PORT_WAIT = 15.0
+READY_TIMEOUT = 30.0
 
 
 @dataclass
@@ -80,6 +86,7 @@ class ChildSpec:
     cmd: list[str]
     ready_url: str
     env: dict[str, str] = field(default_factory=dict)
+    ports: list[int] = field(default_factory=list)  # what it listens on: free before it restarts
 
 
 @dataclass
@@ -96,6 +103,11 @@ class Paths:
     def config_file(self) -> Path:
         """The applied mesh config (the local stand-in for the cluster's API server)."""
         return self.state_dir / "cluster-state.json"
+
+    @property
+    def admin_token(self) -> Path:
+        """The stack's credential for config pushes to the proxies' admin ports (mode 0600)."""
+        return self.state_dir / "admin-token"
 
     @property
     def logs(self) -> Path:
@@ -199,6 +211,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 "httpbin:app",
             ],
             f"http://{lo}:{ports.httpbin}/get",
+            ports=[ports.httpbin],
         ),
         ChildSpec(
             "sidecar",
@@ -218,9 +231,12 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 f"{lo}:{ports.idgen}",
                 "--outbound",
                 f"{lo}:{ports.sidecar_outbound}",
+                "--admin-token-file",
+                str(paths.admin_token),
                 *offline,
             ],
             f"http://{lo}:{ports.sidecar_admin}/ready",
+            ports=[ports.sidecar_admin, ports.sidecar_inbound, ports.sidecar_outbound],
         ),
         ChildSpec(
             "gateway",
@@ -236,9 +252,12 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 f"{lo}:{ports.gateway_admin}",
                 "--listen",
                 f"{lo}:{ports.gateway}",
+                "--admin-token-file",
+                str(paths.admin_token),
                 *offline,
             ],
             f"http://{lo}:{ports.gateway_admin}/ready",
+            ports=[ports.gateway_admin, ports.gateway],
         ),
         ChildSpec(
             "idgen",
@@ -259,6 +278,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 "HTTPS_PROXY": f"http://{lo}:{ports.sidecar_outbound}",
                 "NO_PROXY": "127.0.0.1,localhost",
             },
+            ports=[ports.idgen],
         ),
         ChildSpec(
             "frontend",
@@ -277,6 +297,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 # lands in one path shared by every server of the user ($HOME/.gunicorn).
                 "XDG_RUNTIME_DIR": str(paths.state_dir / "run"),
             },
+            ports=[ports.site],
         ),
         ChildSpec(
             "console",
@@ -296,6 +317,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 ),
             ],
             f"http://{lo}:{ports.console}/healthz",
+            ports=[ports.console],
         ),
     ]
     if prometheus:
@@ -311,6 +333,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                     "--storage.tsdb.retention.time=2h",
                 ],
                 f"http://{lo}:{ports.prometheus}/-/ready",
+                ports=[ports.prometheus],
             )
         )
     return specs
@@ -328,19 +351,36 @@ def find_prometheus(env: Mapping[str, str] = os.environ) -> str | None:
     return shutil.which("prometheus")
 
 
+def listening_ports(ports: Ports, with_prometheus: bool) -> dict[str, int]:
+    """name -> port of every port the stack listens on (Prometheus's only when it runs)."""
+    return {n: p for n, p in asdict(ports).items() if n != "prometheus" or with_prometheus}
+
+
+def _move_hint(name: str) -> str:
+    return f"`localmesh up --port {name}=NNNN`, or LOCALMESH_PORT_{name.upper()}=NNNN before `make up`"
+
+
+def duplicate_ports(ports: Ports, with_prometheus: bool) -> list[str]:
+    """Ports given to two names or more, each with the way to move one."""
+    names_of: dict[int, list[str]] = {}
+    for name, port in listening_ports(ports, with_prometheus).items():
+        names_of.setdefault(port, []).append(name)
+    return [
+        f"port {port} is given to both {' and '.join(names)}: each needs a port of its own; "
+        f"move one, e.g. {_move_hint(names[-1])}"
+        for port, names in names_of.items()
+        if len(names) > 1
+    ]
+
+
 def taken_ports(ports: Ports, with_prometheus: bool) -> list[str]:
     """Ports that something else already holds, each with the way to move it."""
-    problems = []
-    for name, port in asdict(ports).items():
-        if name == "prometheus" and not with_prometheus:
-            continue
-        if port_in_use(port):
-            problems.append(
-                f"port {port} ({name}) is already in use on {LOOPBACK}: stop what holds it "
-                f"(`ss -ltnp 'sport = :{port}'` shows it) or choose another with "
-                f"`--port {name}=NNNN` or LOCALMESH_PORT_{name.upper()}=NNNN"
-            )
-    return problems
+    return [
+        f"port {port} ({name}) is already in use on {LOOPBACK}: stop what holds it "
+        f"(`ss -ltnp 'sport = :{port}'` shows it) or choose another: {_move_hint(name)}"
+        for name, port in listening_ports(ports, with_prometheus).items()
+        if port_in_use(port)
+    ]
 
 
 @dataclass
@@ -348,7 +388,7 @@ class StackState:
     """What state.json says about a running stack; `status`, `down`, `apply` and the demo read it."""
 
     supervisor_pid: int
-    phase: str  # "starting", "ready", "failed", "stopping"
+    phase: str  # "starting", "ready", "restarting" (a crashed child), "failed", "stopping"
     ports: Ports
     prometheus: bool
     children: dict[str, int] = field(default_factory=dict)
@@ -432,7 +472,7 @@ class Supervisor:
         now = time.monotonic()
         recent = [t for t in self.restarts[name] if now - t < RESTART_WINDOW] + [now]
         self.restarts[name] = recent
-        code = child.popen.returncode
+        code = child.exit_code()
         if len(recent) > MAX_RESTARTS:
             raise StartError(
                 f"{name} crashed {len(recent)} times within {RESTART_WINDOW:.0f} s (last exit code "
@@ -442,8 +482,29 @@ class Supervisor:
             f"{name} exited with code {code}; restarting it (restart {len(recent)} of {MAX_RESTARTS} "
             f"allowed within {RESTART_WINDOW:.0f} s). Log tail:\n{log_tail(child.log, 5)}"
         )
+        self._publish("restarting", f"restarting {name}")
+        self._restart(name, child)
+
+    def _restart(self, name: str, old: Child) -> None:
+        """End what is left of the old process group, wait for its ports, start it again and wait
+        until the new child itself is ready. A restart that fails counts as one more crash (the
+        watch loop sees the child dead again): only the restart budget stops the stack."""
+        spec = self.specs[name]
+        old.stop(RESTART_GRACE)
+        held = wait_ports_free(spec.ports, PORT_WAIT)
+        if held:
+            self._log(
+                f"{name}: port(s) {', '.join(map(str, held))} still held by another process after "
+                f"{PORT_WAIT:.0f} s (`ss -ltnp` shows which); starting it anyway"
+            )
         restarted = self._start(name)
-        wait_http(restarted, self.specs[name].ready_url)
+        try:
+            wait_http(restarted, spec.ready_url, READY_TIMEOUT)
+        except StartError as err:
+            self._log(f"{name} did not come back: {err}")
+            restarted.stop()
+            return
+        self._log(f"{name} restarted (pid {restarted.pid})")
         self._publish("ready")
 
     def watch(self) -> None:

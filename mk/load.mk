@@ -17,8 +17,10 @@ LOCUST := $(BIN)/locust -f loadtest/locustfile.py
 BENCH_PROXY_ARGS ?=
 BENCH_CHAIN_ARGS ?=
 BENCH_STARTUP_ARGS ?=
+# e.g. BENCH_SOAK_ARGS="--seconds 120 --users 10" or "--no-record"
+BENCH_SOAK_ARGS ?=
 
-.PHONY: load load-ui bench bench-proxy bench-chain bench-startup bench-profile
+.PHONY: load load-ui bench bench-proxy bench-chain bench-startup bench-profile bench-soak
 
 load: $(READY) ## bounded headless Locust run on the running stack ($LOCUST_USERS, $LOCUST_RUN_TIME); out/load*
 	@mkdir -p $(dir $(LOAD_OUT))
@@ -39,6 +41,9 @@ bench-chain: $(READY) ## recipe creations/s and p50/p99 through the whole chain,
 
 bench-startup: $(READY) ## make demo wall time and localmesh apply propagation time
 	$(BIN)/python -m bench.startup $(BENCH_STARTUP_ARGS)
+
+bench-soak: $(READY) ## kill -9 of each component under Locust load: recipes created/lost/duplicated, proxy RSS
+	$(BIN)/python -m bench.soak $(BENCH_SOAK_ARGS)
 
 bench-profile: $(READY) ## bench-proxy plus py-spy profiles of both proxies (out/profile-*.txt)
 	$(BIN)/python -m bench.proxy_overhead --profile $(BENCH_PROXY_ARGS)

@@ -29,6 +29,8 @@ from localmesh.state import Listener, ProxyState, Timeouts
 
 ROOT = Path(__file__).resolve().parents[2]
 IDGEN_FQDN = "idgen.recipes.svc.cluster.local"
+# The push credential the test proxies take (the stack makes a random one per `up`).
+ADMIN_TOKEN = "test-push-credential"
 
 
 def tables(overlay: str, addresses: dict[str, tuple[str, int]]) -> dict[str, routes.RouteTable]:
@@ -88,6 +90,7 @@ class BackgroundProxy:
             listeners,
             Endpoint("--admin", "127.0.0.1", self.admin_port),
             routes.RouteTable.from_json,
+            ADMIN_TOKEN.encode(),
         )
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -360,9 +363,13 @@ def http_get(port: int, path: str, host: str = "localhost") -> tuple[int, dict[s
     return status, headers, body
 
 
-def http_post(port: int, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+def http_post(
+    port: int, path: str, body: bytes, token: str | None = ADMIN_TOKEN
+) -> tuple[int, dict[str, str], bytes]:
+    """POST body (to an admin port: with the push credential unless token is None)."""
+    auth = f"Authorization: Bearer {token}\r\n" if token is not None else ""
     request = (
-        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     status, headers, data, _ = exchange(port, request)

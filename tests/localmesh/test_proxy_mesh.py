@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from istio_labels import GATEWAY_SOURCE, IDGEN_DESTINATION
-from proxy_testlib import App, exchange, http_get, http_post, tables, value
+from proxy_testlib import ADMIN_TOKEN, App, exchange, http_get, http_post, tables, value
 
 from localmesh.procs import free_port, running
 
@@ -32,6 +32,8 @@ class Mesh:
         self.gateway, self.gateway_admin = free_port(), free_port()
         self.inbound, self.outbound, self.sidecar_admin = free_port(), free_port(), free_port()
         self.addresses = {"httpbin.org:80": httpbin, f"{IDGEN_FQDN}:80": ("127.0.0.1", self.inbound)}
+        self.token_file = tmp / "admin-token"
+        self.token_file.write_text(ADMIN_TOKEN + "\n")
 
     def tables(self, overlay: str):
         return tables(overlay, self.addresses)
@@ -58,6 +60,8 @@ class Mesh:
             f"127.0.0.1:{self.app.port}",
             "--outbound",
             f"127.0.0.1:{self.outbound}",
+            "--admin-token-file",
+            str(self.token_file),
         ]
 
     def gateway_cmd(self, routes: Path) -> list[str]:
@@ -294,6 +298,37 @@ def test_bad_push_is_rejected_and_the_running_table_stays(mesh, sidecar, body, m
     assert message in json.loads(answer)["error"]
     assert http_get(mesh.sidecar_admin, "/config_dump")[2] == before
     assert outbound_get(mesh, "http://httpbin.org/uuid")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("token", "code", "message"),
+    [(None, 401, "needs the stack's credential"), ("guessed", 403, "wrong credential")],
+    ids=["no credential", "wrong credential"],
+)
+def test_push_without_the_credential_is_refused_and_changes_nothing(mesh, sidecar, token, code, message):
+    """Any local process can reach the admin port; only the stack's credential lifts the lock-down."""
+    before = http_get(mesh.sidecar_admin, "/config_dump")[2]
+    allow_any = mesh.tables("passthrough")["idgen"].to_json().encode()
+    status, headers, answer = http_post(mesh.sidecar_admin, "/routes", allow_any, token=token)
+    assert status == code
+    assert message in json.loads(answer)["error"] and "localmesh apply" in json.loads(answer)["error"]
+    if code == 401:
+        assert headers["www-authenticate"].startswith("Bearer")
+    assert http_get(mesh.sidecar_admin, "/config_dump")[2] == before
+    # Reads stay open and show no secret.
+    assert ADMIN_TOKEN.encode() not in before
+    assert ADMIN_TOKEN.encode() not in http_get(mesh.sidecar_admin, "/stats/prometheus")[2]
+
+
+def test_a_proxy_without_a_token_file_takes_no_push(mesh):
+    _, routes = mesh.write("passthrough")
+    cmd = [arg for arg in mesh.sidecar_cmd(routes) if arg not in ("--admin-token-file", str(mesh.token_file))]
+    ready = f"http://127.0.0.1:{mesh.sidecar_admin}/ready"
+    with running("sidecar", cmd, ready, mesh.tmp / "sidecar.log"):
+        blackhole = mesh.tables("blackhole")["idgen"].to_json().encode()
+        status, _, answer = http_post(mesh.sidecar_admin, "/routes", blackhole)
+        assert status == 403 and "--admin-token-file" in json.loads(answer)["error"]
+        assert json.loads(http_get(mesh.sidecar_admin, "/config_dump")[2])["outbound_policy"] == "ALLOW_ANY"
 
 
 def test_admin_ready_and_unknown_path(mesh, sidecar):
