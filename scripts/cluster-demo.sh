@@ -136,13 +136,15 @@ if [[ -n ${PROMETHEUS_URL:-} ]]; then
 	PROM=$PROMETHEUS_URL
 else
 	PROM=http://127.0.0.1:$PROMETHEUS_PORT
-	# kubectl itself in the background (not the kc function, whose subshell's PID would be $!), so the
-	# cleanup's kill reaches it.
-	run kubectl --context "$KUBE_CONTEXT" -n istio-system port-forward svc/prometheus "$PROMETHEUS_PORT:9090" \
-		>"$tmp/port-forward.log" 2>&1 &
-	pf_pid=$!
-	# A dry run's "port-forward" only prints itself: let it, before the next command prints.
-	[[ $DRY_RUN == 1 ]] && wait "$pf_pid"
+	port_forward=(kubectl --context "$KUBE_CONTEXT" -n istio-system port-forward svc/prometheus "$PROMETHEUS_PORT:9090")
+	if [[ $DRY_RUN == 1 ]]; then
+		run "${port_forward[@]}"
+	else
+		# kubectl itself in the background (not a function, whose subshell's PID would be $!), so the
+		# cleanup's kill reaches it; without fd 3, so it holds no pipe of ours open.
+		"${port_forward[@]}" >"$tmp/port-forward.log" 2>&1 3>&- &
+		pf_pid=$!
+	fi
 fi
 retry "Prometheus at $PROM" run curl -fsS --max-time 5 -o /dev/null "$PROM/-/ready" ||
 	die "Prometheus at $PROM does not answer ($(cat "$tmp/port-forward.log" 2>/dev/null || true))"
