@@ -55,10 +55,13 @@ else
 	[[ -f $ROOT/idgen/Dockerfile ]] || die "idgen/Dockerfile is missing"
 	log "building $IDGEN_IMAGE with $ENGINE"
 	build=("$ENGINE" build)
-	# Docker's BuildKit attaches a provenance attestation by default; with the containerd image store,
-	# `docker save` (which `kind load docker-image` runs) leaves it out, and ctr's import then fails
-	# ("content digest ... not found": kubernetes-sigs/kind issue 3795).
-	[[ $ENGINE == docker ]] && build+=(--provenance=false --sbom=false)
+	# Docker's BuildKit (buildx, the default builder since Engine 23) attaches a provenance attestation by
+	# default; with the containerd image store, `docker save` (which `kind load docker-image` runs) leaves
+	# it out, and ctr's import then fails ("content digest ... not found": kubernetes-sigs/kind#3795). The
+	# legacy builder makes no attestation and does not know these flags.
+	if [[ $ENGINE == docker ]] && run docker buildx version >/dev/null 2>&1; then
+		build+=(--provenance=false --sbom=false)
+	fi
 	run "${build[@]}" -f "$ROOT/idgen/Dockerfile" -t "$IDGEN_IMAGE" "$ROOT"
 	image_id=$(run "$ENGINE" image inspect --format '{{.Id}}' "$IDGEN_IMAGE")
 	image_id=${image_id#sha256:}

@@ -338,6 +338,7 @@ def test_cluster_deploy_builds_tags_by_content_loads_and_deploys(run, standins: 
     assert_calls(
         standins,
         [
+            ("docker", "buildx", "version"),
             # No attestation: with Docker's containerd image store, `kind load docker-image` would fail.
             ("docker", "build", "--provenance=false", "--sbom=false", "-f", str(repo / "idgen/Dockerfile"),
              "-t", image, str(repo)),
@@ -353,6 +354,16 @@ def test_cluster_deploy_builds_tags_by_content_loads_and_deploys(run, standins: 
     )  # fmt: skip
     # kustomize's images: put the content tag into the Deployment; everything else is manifests/base.
     assert deployed_image(standins) == tagged
+
+
+def test_cluster_deploy_with_the_legacy_builder_passes_no_buildkit_flags(run, standins: StandIns) -> None:
+    """Without buildx, `docker build` is the legacy builder: no attestations, and no such flags."""
+    deploy_cluster(standins)
+    standins.on("docker", "buildx", "version", exit=1, stderr="docker: 'buildx' is not a docker command.\n")
+    result = run("cluster-deploy.sh")
+    assert result.returncode == 0, result.stderr
+    (build,) = [c for c in standins.calls("docker") if c.args[0] == "build"]
+    assert build.args[:2] == ["build", "-f"]
 
 
 def test_cluster_deploy_gives_a_changed_idgen_a_new_tag(run, standins: StandIns) -> None:
