@@ -624,6 +624,18 @@ def test_demo_waits_for_a_scrape_after_the_wait_and_passes(
     assert all(q.startswith(("query=time()", "query=max(timestamp(")) for q in queries[:first_sum])
 
 
+def test_demo_says_so_when_prometheus_never_scrapes_idgen(run, standins: StandIns) -> None:
+    # Prometheus answers, but has no sample of idgen's sidecar (not scraping the namespace, say).
+    standins.on("curl", "api/v1/query", "query=max(timestamp(", **prom_value(None))
+    demo_cluster(standins, wanted="sidecar.networking.istio.io/default\n", present="", httpbin_clusters="[]")
+    standins.on("curl", "/id", stdout="200", write_to={"-o": '{"id": "x"}'})
+    result = run("cluster-demo.sh", "passthrough")
+    assert result.returncode == 1
+    assert "newest sample of idgen's sidecar in Prometheus: none; waiting for one after 1000" in result.stderr
+    assert "has not scraped idgen's sidecar since the wait" in result.stderr
+    assert not [c for c in standins.calls("curl") if "/dev/null" in c.args and c.args[-1].endswith("/id")]
+
+
 def test_demo_fails_the_verdict_when_the_expected_series_does_not_grow(run, standins: StandIns) -> None:
     demo_cluster(standins, wanted="sidecar.networking.istio.io/default\n", present="", httpbin_clusters="[]")
     standins.on("curl", "/id", stdout="200", write_to={"-o": '{"id": "x"}'})
@@ -744,6 +756,14 @@ def test_cluster_down_deletes_only_its_kind_cluster(run, standins: StandIns) -> 
     result = run("cluster-down.sh")
     assert result.returncode == 0, result.stderr
     assert_calls(standins, [("kind", "get", "clusters"), ("kind", "delete", "cluster", "--name", CLUSTER)])
+
+
+def test_cluster_down_refuses_another_context(run, standins: StandIns) -> None:
+    standins.on("kind", "get", "clusters", stdout=f"{CLUSTER}\n")
+    result = run("cluster-down.sh", KUBE_CONTEXT="gke_demo_europe-west1_lab")
+    assert result.returncode == 1
+    assert "is not the lab's kind cluster" in result.stderr and "make cluster-cleanup" in result.stderr
+    assert standins.calls() == []
 
 
 def test_cluster_down_without_a_cluster_does_nothing(run, standins: StandIns) -> None:
