@@ -21,7 +21,7 @@ OPTIONS := passthrough blackhole serviceentry
         $(addprefix demo-,$(OPTIONS))
 
 help: ## list the targets
-	@grep -hE '^[a-z0-9%-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 24
+	@awk -F ':.*## ' '/^[a-z0-9%-]+:.*## / { printf "%-24s%s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 setup: $(READY) ## create .venv and .venv-httpbin (idempotent)
 
@@ -69,7 +69,7 @@ status: $(READY) ## what runs, where, and which egress option is applied
 
 demo: $(READY) ## the three egress options in order, with metrics and a verdict (TARGET=local|cluster)
 ifeq ($(TARGET),cluster)
-	$(MAKE) $(addprefix cluster-demo-,$(OPTIONS))
+	$(MAKE) cluster-demo
 else
 	$(BIN)/python -m localmesh.demo -n $(N)
 endif

@@ -13,11 +13,16 @@ cluster use scripts/cleanup.sh, which removes just the lab's resources.
 
 Environment:
   CLUSTER_NAME   kind cluster name   (default: egress-lab)
+  KUBE_CONTEXT   must be unset (or kind-\$CLUSTER_NAME): another context is refused
 EOF
 }
 
 no_arguments "$@"
 
+# KUBE_CONTEXT naming another cluster means the lab is not on kind: deleting a kind cluster that happens to
+# share CLUSTER_NAME would not remove it.
+((USE_KIND)) ||
+	die "KUBE_CONTEXT=$KUBE_CONTEXT is not the lab's kind cluster, and this deletes only that; to remove the lab from $KUBE_CONTEXT run: make cluster-cleanup"
 require_tools kind
 
 if kind get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates the lab's cluster: kind with the ingress gateway on a host port, Istio (demo profile) by
-# istioctl, the Prometheus and Kiali addons, and the egress alert rules in that Prometheus.
+# Installs Istio (demo profile) by istioctl on KUBE_CONTEXT, the Prometheus and Kiali addons, and the egress
+# alert rules in that Prometheus. When the lab uses kind (KUBE_CONTEXT unset), scripts/kind-up.sh creates the
+# cluster first; any other context is only installed on, never created.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "${BASH_SOURCE[0]%/*}/lib.sh"
@@ -9,18 +10,20 @@ usage() {
 	cat <<EOF
 Usage: $PROG [-h]
 
-Creates (or reuses) the kind cluster "$CLUSTER_NAME" and installs Istio $ISTIO_VERSION with its Prometheus
-and Kiali addons. Versions are pinned in scripts/versions.env.
+Installs Istio $ISTIO_VERSION with its Prometheus and Kiali addons on context "$KUBE_CONTEXT". With KUBE_CONTEXT
+unset, first creates (or reuses) the kind cluster "$CLUSTER_NAME" (scripts/kind-up.sh) and makes the ingress
+gateway a NodePort that kind publishes; on any other context the gateway keeps the demo profile's
+LoadBalancer. Versions are pinned in scripts/versions.env.
 
 Environment:
   CLUSTER_NAME       kind cluster name                       (default: egress-lab)
-  KUBE_CONTEXT       kubectl context to act on               (default: kind-\$CLUSTER_NAME)
-  GATEWAY_PORT       host port of the ingress gateway        (default: 8000)
-  GATEWAY_NODE_PORT  node port the host port maps to         (default: 30080)
+  KUBE_CONTEXT       kubectl context to install on           (default: kind-\$CLUSTER_NAME, created by kind)
+  GATEWAY_PORT       host port of the ingress gateway (kind) (default: 8000)
   MESH_MODE          mesh-wide default egress policy: allow-any (Istio's default) or registry-only
                      (manifests/istio/mesh-<mode>.yaml; the demo steps override it per namespace)
   ISTIO_ADDONS       where the addon manifests come from     (default: Istio's $ISTIO_VERSION tag on GitHub;
                      a local istio-$ISTIO_VERSION/samples/addons works too)
+  DRY_RUN=1          print the commands, run none
 EOF
 }
 
@@ -30,50 +33,29 @@ MESH_MODE=${MESH_MODE:-allow-any}
 MESH_FILE=$ROOT/manifests/istio/mesh-$MESH_MODE.yaml
 ISTIO_ADDONS=${ISTIO_ADDONS:-https://raw.githubusercontent.com/istio/istio/$ISTIO_VERSION/samples/addons}
 RULES_FILE=$ROOT/manifests/monitoring/egress-rules.yaml
+GATEWAY_FILE=$ROOT/manifests/istio/gateway-nodeport.yaml
 
-require_tools kind kubectl istioctl docker curl jq
+tools=(kubectl istioctl curl jq)
+((USE_KIND)) && tools+=(kind "$ENGINE")
+require_tools "${tools[@]}"
 [[ -f $MESH_FILE ]] || die "MESH_MODE=$MESH_MODE: no such file $MESH_FILE (use allow-any or registry-only)"
 
-docker info >/dev/null 2>&1 || die "docker is installed but its engine does not answer (start Docker; \`docker info\` must work)"
-
 # istioctl installs a control plane of its own version, so a different istioctl breaks the pin.
-istioctl_version=$(istioctl version --remote=false 2>/dev/null || true)
-[[ $istioctl_version == *"$ISTIO_VERSION"* ]] ||
+istioctl_version=$(run istioctl version --remote=false 2>/dev/null || true)
+[[ $DRY_RUN == 1 || $istioctl_version == *"$ISTIO_VERSION"* ]] ||
 	die "istioctl is not $ISTIO_VERSION (it says: ${istioctl_version:-nothing}). Get it: $(install_hint istioctl)"
-kind_version=$(kind version 2>/dev/null || true)
-[[ $kind_version == *"$KIND_VERSION"* ]] ||
-	warn "kind is not $KIND_VERSION (it says: ${kind_version:-nothing}); the node image is pinned for $KIND_VERSION"
 
-if kind get clusters 2>/dev/null | grep -qx "$CLUSTER_NAME"; then
-	log "kind cluster $CLUSTER_NAME exists; reusing it"
+install_files=(-f "$MESH_FILE")
+if ((USE_KIND)); then
+	"$ROOT/scripts/kind-up.sh"
+	# kind has no load balancer: the gateway's Service is a NodePort from the start (set at install).
+	install_files+=(-f "$GATEWAY_FILE")
 else
-	# A port already taken on the host would make kind fail half-way with a Docker error.
-	if (: </dev/tcp/127.0.0.1/"$GATEWAY_PORT") 2>/dev/null; then
-		die "port $GATEWAY_PORT is in use on this machine (the local stack?); set GATEWAY_PORT to a free one"
-	fi
-	log "creating kind cluster $CLUSTER_NAME ($KIND_NODE_IMAGE), gateway on 127.0.0.1:$GATEWAY_PORT"
-	# The node port of the ingress gateway's port 80 is published on the host's GATEWAY_PORT.
-	kind create cluster --name "$CLUSTER_NAME" --image "$KIND_NODE_IMAGE" --wait 120s --config=- <<EOF
-kind: Cluster
-apiVersion: kind.x-k8s.io/v1alpha4
-nodes:
-- role: control-plane
-  extraPortMappings:
-  - containerPort: $GATEWAY_NODE_PORT
-    hostPort: $GATEWAY_PORT
-    listenAddress: 127.0.0.1
-    protocol: TCP
-EOF
+	log "KUBE_CONTEXT=$KUBE_CONTEXT: installing on that cluster (no kind cluster is created)"
 fi
 
-log "installing Istio $ISTIO_VERSION (demo profile, mesh default from ${MESH_FILE#"$ROOT"/})"
-ictl install -y -f "$MESH_FILE"
-
-# The demo profile's gateway Service is a LoadBalancer, which kind cannot provide; a NodePort on the port
-# that kind publishes makes it reachable. Strategic merge keys Service ports by `port`, so only 80 changes.
-log "exposing the ingress gateway's port 80 on node port $GATEWAY_NODE_PORT"
-kc -n istio-system patch service istio-ingressgateway \
-	-p "{\"spec\":{\"type\":\"NodePort\",\"ports\":[{\"port\":80,\"nodePort\":$GATEWAY_NODE_PORT}]}}"
+log "installing Istio $ISTIO_VERSION (demo profile, mesh default from ${MESH_FILE#"$ROOT"/}) on $KUBE_CONTEXT"
+ictl install -y "${install_files[@]}"
 
 log "installing the Prometheus and Kiali addons from $ISTIO_ADDONS"
 # Istio's docs: if applying the addons fails (a CRD not yet established), apply them again.
@@ -91,10 +73,15 @@ for deploy in istiod istio-ingressgateway prometheus kiali; do
 	kc -n istio-system rollout status "deployment/$deploy" --timeout=300s
 done
 
+if ((USE_KIND)); then
+	where="gateway at $GATEWAY_URL"
+else
+	where="gateway: the LoadBalancer address of kubectl --context $KUBE_CONTEXT -n istio-system get service istio-ingressgateway (set GATEWAY_URL to it)"
+fi
 cat <<EOF
 
-Cluster $CLUSTER_NAME is ready: Istio $ISTIO_VERSION, Prometheus, Kiali; gateway at $GATEWAY_URL.
-Next: make cluster-deploy            (build idgen, load it into kind, deploy manifests/base)
+$KUBE_CONTEXT is ready: Istio $ISTIO_VERSION, Prometheus, Kiali; $where.
+Next: make cluster-deploy            (build idgen, load or push it, deploy manifests/base)
       make demo-passthrough TARGET=cluster   (then demo-blackhole, demo-serviceentry)
       istioctl dashboard kiali --context $KUBE_CONTEXT
 EOF

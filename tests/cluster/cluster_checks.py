@@ -4,7 +4,8 @@
 - Istio kinds: Istio's CRD models (cloudcoil-models-istio); PrometheusRule: the Prometheus Operator's
   (cloudcoil-models-prometheus-operator). Those pydantic models drop fields they do not know, so the parsed
   model is dumped again and compared with the input: anything dropped or changed is an unknown field.
-- IstioOperator (read by istioctl, not a cluster resource since Istio 1.24): ISTIO_OPERATOR_SCHEMA below.
+- IstioOperator (read by istioctl, not a cluster resource since Istio 1.24): ISTIO_OPERATOR_SCHEMA below,
+  and each gateway's k8s.service as the Kubernetes ServiceSpec it becomes (strict, as above).
 - kustomization.yaml: only resources and components, so localmesh reads the same state.
 
 Every check raises ManifestError naming the file, the resource (Kind namespace/name) and the field.
@@ -30,13 +31,14 @@ ISTIO_MODELS: dict[tuple[str, str], type[pydantic.BaseModel]] = {
     ("networking.istio.io/v1", "Sidecar"): istio_networking_v1.Sidecar,
     ("networking.istio.io/v1", "DestinationRule"): istio_networking_v1.DestinationRule,
     ("monitoring.coreos.com/v1", "PrometheusRule"): prometheus_operator_v1.PrometheusRule,
+    ("monitoring.coreos.com/v1", "PodMonitor"): prometheus_operator_v1.PodMonitor,
 }
 
 KUSTOMIZE_KINDS = {
     ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
     ("kustomize.config.k8s.io/v1alpha1", "Component"),
 }
-# The localmesh issue: a kustomization here may only list resources and components (no patches,
+# localmesh reads these kustomizations itself: they may only list resources and components (no patches,
 # generators or transformers), so a reader without kustomize sees the same state.
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "components"}
 
@@ -198,11 +200,30 @@ def check_kubernetes(file: Path | str, doc: dict[str, Any], kubernetes_version: 
         raise ManifestError(file, resource_name(doc), f"no schema for this kind: {exc}") from exc
 
 
-def check_istio_operator(file: Path | str, doc: dict[str, Any]) -> None:
+def check_istio_operator(file: Path | str, doc: dict[str, Any], kubernetes_version: str) -> None:
     try:
         jsonschema.validate(doc, ISTIO_OPERATOR_SCHEMA)
     except jsonschema.ValidationError as exc:
         raise ManifestError(file, resource_name(doc), f"{_path(list(exc.path))}: {exc.message}") from exc
+    # components.<ingress|egress>Gateways[].k8s.service is the gateway's Service spec (istio/istio
+    # operator/pkg/apis/types.go: KubernetesResources.Service is a *corev1.ServiceSpec): check it as one.
+    components = doc["spec"].get("components") or {}
+    for key in ("ingressGateways", "egressGateways"):
+        for i, gateway in enumerate(components.get(key) or []):
+            service = (gateway.get("k8s") or {}).get("service")
+            if service is None:
+                continue
+            wrapped = {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "gateway"},
+                "spec": service,
+            }
+            try:
+                kubernetes_validate.validate(wrapped, kubernetes_version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = _path(["spec", "components", key, i, "k8s", "service", *list(exc.path)[1:]])
+                raise ManifestError(file, resource_name(doc), f"{where}: {exc.message}") from exc
 
 
 def check_kustomization(file: Path, doc: dict[str, Any]) -> None:
@@ -224,7 +245,7 @@ def check_document(file: Path, doc: dict[str, Any], kubernetes_version: str) -> 
         check_kustomization(file, doc)
         schema = "kustomization (resources/components only)"
     elif key == ("install.istio.io/v1alpha1", "IstioOperator"):
-        check_istio_operator(file, doc)
+        check_istio_operator(file, doc, kubernetes_version)
         schema = "IstioOperator (istio/istio operator/pkg/apis/types.go)"
     elif key in ISTIO_MODELS:
         check_model(file, doc, ISTIO_MODELS[key])

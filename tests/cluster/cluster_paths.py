@@ -11,7 +11,7 @@ SCRIPTS = ROOT / "scripts"
 DATA = Path(__file__).resolve().parent / "data"
 
 # The tools the scripts drive; each test's stand-ins answer for them.
-TOOLS = ("kubectl", "istioctl", "kind", "docker", "curl", "gcloud", "python", "functions-framework")
+TOOLS = ("kubectl", "istioctl", "kind", "docker", "podman", "curl", "gcloud", "python", "functions-framework")
 
 
 def pinned_versions() -> dict[str, str]:

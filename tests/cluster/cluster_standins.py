@@ -6,6 +6,8 @@ environment variables named in STANDIN_ENV, the contents of files passed after t
 its PID and working directory) to a JSON-lines log, then answers from rules the test wrote: the first
 rule whose tool matches and whose `has` strings all occur in the joined argv gives the response, and a
 rule with several responses gives them in order, repeating the last. No matching rule: exit 0, no output.
+A response may also hand the call to the real tool ({"exec": path}) or to the simulated cluster of
+cluster_sim.py ({"sim": kind}), which models istiod's push delay and Prometheus's scrape interval.
 """
 
 from __future__ import annotations
@@ -46,6 +48,14 @@ for index, rule in enumerate(rules):
         f.write(str(n + 1))
     responses = rule["responses"]
     response = responses[min(n, len(responses) - 1)]
+    if "exec" in response:
+        # The real tool answers (kubectl kustomize): the stand-in only recorded the call.
+        os.execv(response["exec"], [response["exec"], *args])
+    if "sim" in response:
+        # The simulated cluster answers (cluster_sim.py, beside this module).
+        sys.path.insert(0, os.environ["STANDIN_SIM"])
+        import cluster_sim
+        response = cluster_sim.answer(response["sim"], tool, args, __import__("pathlib").Path(home))
     for flag, content in response.get("write_to", {}).items():
         if flag in args:
             with open(args[args.index(flag) + 1], "w") as f:
@@ -138,7 +148,13 @@ def run_script(
     timeout: float = 60,
 ) -> Run:
     """Run a script with bash, its PATH and environment set by the test; stdin is empty."""
-    full_env = {"HOME": env.get("HOME", "/nonexistent"), "LANG": "C.UTF-8", "PATH": path, **env}
+    full_env = {
+        "HOME": env.get("HOME", "/nonexistent"),
+        "LANG": "C.UTF-8",
+        "PATH": path,
+        "STANDIN_SIM": str(Path(__file__).resolve().parent),
+        **env,
+    }
     proc = subprocess.run(
         ["/bin/bash", str(script), *args],
         env=full_env,

@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from cluster_paths import ROOT, SCRIPTS, pinned_versions
+from cluster_standins import make_standins
 
 DOC = (ROOT / "docs" / "cluster.md").read_text()
 MAKEFILE = ROOT / "mk" / "cluster.mk"
 TARGETS = (
+    "cluster-kind",
     "cluster-up",
     "cluster-deploy",
     "cluster-frontend",
@@ -91,3 +94,65 @@ def test_docs_table_lists_every_setting_the_scripts_read() -> None:
 def test_docs_state_what_could_not_be_run() -> None:
     assert "## What is checked offline, and what could not be run here" in DOC
     assert "**Not run here, so not proven on a live cluster:**" in DOC
+
+
+# The cluster path's own files: what the citation check reads.
+OWN_FILES = sorted(
+    [
+        *SCRIPTS.glob("*.sh"),
+        SCRIPTS / "versions.env",
+        MAKEFILE,
+        ROOT / "docs" / "cluster.md",
+        *(ROOT / "manifests").rglob("*.yaml"),
+        # The tests' helpers; the tests themselves name temporary files and this check's own patterns.
+        *(ROOT / "tests" / "cluster").glob("cluster_*.py"),
+        ROOT / "tests" / "cluster" / "conftest.py",
+        *(ROOT / "tests" / "cluster" / "data").rglob("*.yaml"),
+    ]
+)
+# A path in this repository, as the cluster files cite one (an upstream file is cited with its repository
+# first, e.g. "istio/istio manifests/profiles/demo.yaml", and is not one of these folders).
+REPO_PATH = re.compile(
+    r"(?<![\w/.-])((?:scripts|mk|docs|idgen|frontend|tests/cluster|manifests/(?:base|components|overlays|istio|monitoring))"
+    r"/\w[\w./-]*\.(?:py|sh|yaml|md|mk|env|txt))"
+)
+
+
+def test_citations_name_files_that_exist_in_the_repository() -> None:
+    assert len(OWN_FILES) > 25
+    cited = 0
+    for path in OWN_FILES:
+        for match in REPO_PATH.finditer(path.read_text()):
+            cited += 1
+            assert (ROOT / match.group(1)).exists(), (
+                f"{path.relative_to(ROOT)} cites {match.group(1)}, which is not there"
+            )
+    assert cited > 20  # the pattern finds them
+
+
+def test_nothing_cites_files_outside_the_repository() -> None:
+    """Users get the repository, not the notes it was written from."""
+    outside = re.compile(r"DESIGN\.md|/work/|/shared/|\bissue \d|the issue's")
+    for path in OWN_FILES:
+        found = outside.findall(path.read_text())
+        assert not found, f"{path.relative_to(ROOT)} cites {found}"
+
+
+def test_the_retry_comment_says_what_the_schedule_waits(tmp_path: Path) -> None:
+    """lib.sh's retry with the defaults, its sleeps recorded: the comment and the docs state their sum."""
+    standins = make_standins(tmp_path / "standins", ["sleep"])
+    proc = subprocess.run(
+        ["/bin/bash", "-c", f'source {SCRIPTS}/lib.sh; retry "never" false'],
+        env={"PATH": f"{standins.bin}:/usr/bin:/bin", "STANDIN_HOME": str(standins.home), "LANG": "C.UTF-8"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "gave up waiting for: never (7 tries)" in proc.stderr
+    slept = sum(float(c.args[0]) for c in standins.calls("sleep"))
+    assert slept == 126
+    lib = (SCRIPTS / "lib.sh").read_text()
+    assert f"= {slept:.0f} s of waiting" in lib
+    assert "4 minutes" not in lib
+    assert f"{slept:.0f} s" in DOC

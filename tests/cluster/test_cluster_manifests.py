@@ -78,6 +78,8 @@ BROKEN_CASES = {
     "istiooperator-unknown-mesh-field.yaml": "outboundTraficPolicy",
     "istiooperator-bad-mode.yaml": "'DENY_ALL' is not one of",
     "prometheusrule-unknown-field.yaml": "spec.groups[0].rules[0].label (unknown field)",
+    "istiooperator-gateway-misspelled-service-field.yaml": "spec.components.ingressGateways[0].k8s.service",
+    "podmonitor-misspelled-field.yaml": "spec.podMetricsEndpoints[0].intervall (unknown field)",
     "kustomization-with-patches/kustomization.yaml": "only resources and components allowed",
 }
 
@@ -116,7 +118,7 @@ def test_unparsed_fields_reports_drops_and_coercions() -> None:
 
 
 def test_serviceentry_is_designs_plus_export_to() -> None:
-    """DESIGN.md's ServiceEntry of option 3, exactly, plus exportTo and the option label."""
+    """The ServiceEntry of option 3 as docs/cluster.md describes it, plus exportTo and the option label."""
     design = yaml.safe_load(
         """
 apiVersion: networking.istio.io/v1
@@ -143,22 +145,8 @@ spec:
     assert actual == design
 
 
-def test_design_md_still_gives_that_serviceentry() -> None:
-    """Where the shared DESIGN.md is beside the repository (sessions, CI), its YAML is the one above."""
-    design_md = ROOT.parent / "shared" / "DESIGN.md"
-    if not design_md.exists():
-        pytest.skip(f"{design_md} is not here (it lives beside the repository, not in it)")
-    text = design_md.read_text()
-    block = text.split("## The ServiceEntry of option 3", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
-    (actual,) = load_documents(
-        MANIFESTS / "components" / "serviceentry-httpbin" / "serviceentry-httpbin.yaml"
-    )
-    del actual["metadata"]["labels"], actual["spec"]["exportTo"]
-    assert yaml.safe_load(block) == actual
-
-
 def test_deployment_hardening() -> None:
-    """The issue's list for idgen's Deployment, field by field."""
+    """idgen's Deployment: identity labels, probes, resources, a locked-down container, field by field."""
     (dep,) = load_documents(MANIFESTS / "base" / "idgen-deployment.yaml")
     pod = dep["spec"]["template"]
     assert pod["metadata"]["labels"] == {"app": "idgen", "version": "v1"}
@@ -190,3 +178,25 @@ def test_istio_install_values_side_by_side() -> None:
     registry["spec"]["meshConfig"]["outboundTrafficPolicy"]["mode"] = "ALLOW_ANY"
     assert allow == registry
     assert allow["spec"]["profile"] == "demo"
+
+
+def test_gateway_node_port_is_the_one_kind_publishes() -> None:
+    """kind maps GATEWAY_NODE_PORT (scripts/lib.sh) to the host; the IstioOperator gives it to port 80."""
+    (doc,) = load_documents(MANIFESTS / "istio" / "gateway-nodeport.yaml")
+    (gateway,) = doc["spec"]["components"]["ingressGateways"]
+    assert gateway["name"] == "istio-ingressgateway" and gateway["enabled"] is True
+    service = gateway["k8s"]["service"]
+    assert service["type"] == "NodePort"
+    by_name = {port["name"]: port for port in service["ports"]}
+    # Helm replaces the ports list: the demo profile's five ports must all be there.
+    assert set(by_name) == {"status-port", "http2", "https", "tcp", "tls"}
+    lib = (ROOT / "scripts" / "lib.sh").read_text()
+    assert f"GATEWAY_NODE_PORT={by_name['http2']['nodePort']}\n" in lib
+    assert by_name["http2"]["port"] == 80 and by_name["http2"]["targetPort"] == 8080
+
+
+def test_mesh_files_leave_the_gateway_service_alone() -> None:
+    """Only the kind-only file sets the gateway's Service: a GKE install keeps the LoadBalancer."""
+    for name in ("mesh-allow-any.yaml", "mesh-registry-only.yaml"):
+        (doc,) = load_documents(MANIFESTS / "istio" / name)
+        assert "components" not in doc["spec"], name

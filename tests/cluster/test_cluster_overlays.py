@@ -86,7 +86,31 @@ def test_overlay_output_validates(option: str) -> None:
 @needs_kubectl
 def test_base_and_monitoring_build() -> None:
     assert set(by_name(build(MANIFESTS / "base"))) == BASE
-    assert set(by_name(build(MANIFESTS / "monitoring"))) == {"PrometheusRule istio-system/egress-lab"}
+    monitoring = by_name(build(MANIFESTS / "monitoring"))
+    assert set(monitoring) == {
+        "PrometheusRule istio-system/egress-lab",
+        "PodMonitor istio-system/envoy-stats-monitor",
+    }
+    for doc in monitoring.values():
+        check_document(MANIFESTS / "monitoring" / "kustomization.yaml", doc, kubernetes_schema_version())
+
+
+@needs_kubectl
+def test_the_rules_come_with_the_scrape_they_read() -> None:
+    """The PrometheusRule reads the sidecars' istio_requests_total: the PodMonitor beside it makes the
+    Operator scrape every istio-proxy container (all namespaces) at Istio's merged-metrics endpoint."""
+    monitor = by_name(build(MANIFESTS / "monitoring"))["PodMonitor istio-system/envoy-stats-monitor"]["spec"]
+    assert monitor["namespaceSelector"] == {"any": True}
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    assert endpoint["path"] == "/stats/prometheus"
+    keep = [r for r in endpoint["relabelings"] if r["action"] == "keep"]
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_container_name"],
+        "regex": "istio-proxy",
+        "action": "keep",
+    } in keep
+    # Scraped no less often than the rules' 5m windows need, and at the addon's interval.
+    assert endpoint["interval"] == "15s"
 
 
 @needs_kubectl

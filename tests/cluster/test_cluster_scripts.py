@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import cluster_sim
 import pytest
 import yaml
 from cluster_paths import MANIFESTS, SCRIPTS, pinned_versions
@@ -48,7 +50,7 @@ def run(repo: Path, standins: StandIns, system_path: str, tmp_path: Path):
     def _run(script: str, *args: str, path: str | None = None, **env: str) -> Run:
         base = {
             "STANDIN_HOME": str(standins.home),
-            "STANDIN_CAPTURE": "--patch-file",
+            "STANDIN_CAPTURE": "--patch-file,-f",
             "CLUSTER_NAME": CLUSTER,
             "GATEWAY_PORT": str(gateway_port),
             "PROMETHEUS_PORT": "19999",
@@ -119,7 +121,7 @@ def test_missing_tools_are_named_with_how_to_get_them(run, standins: StandIns, t
         (partial / tool).symlink_to(standins.bin / tool)
     result = run("cluster-up.sh", path=str(partial))
     assert result.returncode == 127
-    assert "missing tools: kind istioctl curl jq" in result.stderr
+    assert "missing tools: istioctl curl jq kind" in result.stderr
     assert f"go install sigs.k8s.io/kind@{V['KIND_VERSION']}" in result.stderr
     assert f"ISTIO_VERSION={V['ISTIO_VERSION']} sh -" in result.stderr
     assert "apt-get install jq" in result.stderr
@@ -149,83 +151,76 @@ def test_cluster_up_runs_everything_in_order(run, standins: StandIns, repo: Path
     assert result.returncode == 0, result.stderr
     addons = f"https://raw.githubusercontent.com/istio/istio/{V['ISTIO_VERSION']}/samples/addons"
     k = ("kubectl", "--context", CONTEXT)
+    istio = repo / "manifests/istio"
     assert_calls(
         standins,
         [
-            ("docker", "info"),
             ("istioctl", "version", "--remote=false"),
+            ("docker", "info"),
             ("kind", "version"),
             ("kind", "get", "clusters"),
-            (
-                "kind",
-                "create",
-                "cluster",
-                "--name",
-                CLUSTER,
-                "--image",
-                V["KIND_NODE_IMAGE"],
-                "--wait",
-                "120s",
-                "--config=-",
-            ),
-            (
-                "istioctl",
-                "--context",
-                CONTEXT,
-                "install",
-                "-y",
-                "-f",
-                str(repo / "manifests/istio/mesh-allow-any.yaml"),
-            ),
-            (*k, "-n", "istio-system", "patch", "service", "istio-ingressgateway", "-p", ANY),
+            ("kind", "create", "cluster", "--name", CLUSTER, "--image", V["KIND_NODE_IMAGE"],
+             "--wait", "120s", "--config=-"),
+            # The gateway's Service type is set at install, in the IstioOperator; nothing patches it after.
+            ("istioctl", "--context", CONTEXT, "install", "-y", "-f", str(istio / "mesh-allow-any.yaml"),
+             "-f", str(istio / "gateway-nodeport.yaml")),
             (*k, "apply", "-f", f"{addons}/prometheus.yaml", "-f", f"{addons}/kiali.yaml"),
-            (
-                *k,
-                "-n",
-                "istio-system",
-                "patch",
-                "configmap",
-                "prometheus",
-                "--type",
-                "merge",
-                "--patch-file",
-                ANY,
-            ),
-            (*k, "-n", "istio-system", "rollout", "status", "deployment/istiod", "--timeout=300s"),
-            (
-                *k,
-                "-n",
-                "istio-system",
-                "rollout",
-                "status",
-                "deployment/istio-ingressgateway",
-                "--timeout=300s",
-            ),
-            (*k, "-n", "istio-system", "rollout", "status", "deployment/prometheus", "--timeout=300s"),
-            (*k, "-n", "istio-system", "rollout", "status", "deployment/kiali", "--timeout=300s"),
+            (*k, "-n", "istio-system", "patch", "configmap", "prometheus", "--type", "merge",
+             "--patch-file", ANY),
+            *[(*k, "-n", "istio-system", "rollout", "status", f"deployment/{name}", "--timeout=300s")
+              for name in ("istiod", "istio-ingressgateway", "prometheus", "kiali")],
         ],
-    )
+    )  # fmt: skip
     calls = standins.calls()
-    # kind's config, from stdin: the gateway's node port published on the host, loopback only.
+    # kind's config, from stdin: the gateway's node port published on the host, loopback only; the node
+    # port is the one the IstioOperator gives the gateway's port 80.
     kind_config = yaml.safe_load(calls[4].stdin)
     assert kind_config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
     (node,) = kind_config["nodes"]
+    (gateway,) = yaml.safe_load((istio / "gateway-nodeport.yaml").read_text())["spec"]["components"][
+        "ingressGateways"
+    ]
+    service = gateway["k8s"]["service"]
+    assert service["type"] == "NodePort"
+    (http,) = [port for port in service["ports"] if port["port"] == 80]
     assert node["extraPortMappings"] == [
         {
-            "containerPort": 30080,
+            "containerPort": http["nodePort"],
             "hostPort": run.gateway_port,
             "listenAddress": "127.0.0.1",
             "protocol": "TCP",
         }
     ]
-    # The gateway Service: NodePort, and port 80 (merge key `port`) on the published node port.
-    assert json.loads(calls[6].args[-1]) == {
-        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}
-    }
     # The addon's Prometheus gets the rule file, byte for byte, under a key its config loads.
-    patch = json.loads(calls[8].files["--patch-file"])
+    patch = json.loads(calls[7].files["--patch-file"])
     assert patch == {"data": {"rules": (repo / "manifests/monitoring/egress-rules.yaml").read_text()}}
     assert f"gateway at http://127.0.0.1:{run.gateway_port}" in result.stdout
+
+
+def test_cluster_up_on_another_context_creates_no_kind_cluster(run, standins: StandIns, repo: Path) -> None:
+    """KUBE_CONTEXT set (a GKE cluster, say): Istio goes on that context, the gateway keeps the demo
+    profile's LoadBalancer (no NodePort file), and kind is never called."""
+    versions_ok(standins)
+    result = run("cluster-up.sh", KUBE_CONTEXT="gke_demo_europe-west1_lab")
+    assert result.returncode == 0, result.stderr
+    assert standins.calls("kind") == [] and standins.calls("docker") == []
+    (install,) = [c for c in standins.calls("istioctl") if "install" in c.args]
+    assert install.args == [
+        "--context", "gke_demo_europe-west1_lab", "install", "-y", "-f",
+        str(repo / "manifests/istio/mesh-allow-any.yaml"),
+    ]  # fmt: skip
+    assert not [line for line in standins.lines("kubectl") if "patch service" in line]
+    assert all(c.args[:2] == ["--context", "gke_demo_europe-west1_lab"] for c in standins.calls("kubectl"))
+    assert "no kind cluster is created" in result.stderr
+    assert "LoadBalancer address" in result.stdout
+
+
+def test_kind_up_only_creates_the_cluster(run, standins: StandIns) -> None:
+    versions_ok(standins)
+    result = run("kind-up.sh")
+    assert result.returncode == 0, result.stderr
+    assert {c.tool for c in standins.calls()} == {"docker", "kind"}
+    assert standins.lines()[-1].startswith(f"kind create cluster --name {CLUSTER}")
 
 
 def test_cluster_up_reuses_an_existing_cluster_and_takes_mesh_mode(
@@ -236,7 +231,7 @@ def test_cluster_up_reuses_an_existing_cluster_and_takes_mesh_mode(
     result = run("cluster-up.sh", MESH_MODE="registry-only")
     assert result.returncode == 0, result.stderr
     assert not [line for line in standins.lines("kind") if "create" in line]
-    assert f"install -y -f {repo}/manifests/istio/mesh-registry-only.yaml" in standins.lines("istioctl")[1]
+    assert f"install -y -f {repo}/manifests/istio/mesh-registry-only.yaml -f" in standins.lines("istioctl")[1]
     assert "exists; reusing it" in result.stderr
 
 
@@ -251,10 +246,11 @@ def test_cluster_up_refuses_another_istioctl(run, standins: StandIns) -> None:
 
 def test_cluster_up_needs_a_running_docker(run, standins: StandIns) -> None:
     standins.on("docker", "info", exit=1, stderr="Cannot connect to the Docker daemon\n")
+    versions_ok(standins)
     result = run("cluster-up.sh")
     assert result.returncode == 1
     assert "docker is installed but its engine does not answer" in result.stderr
-    assert standins.lines() == ["docker info"]
+    assert standins.lines() == ["istioctl version --remote=false", "docker info"]
 
 
 def test_cluster_up_refuses_a_taken_gateway_port(run, standins: StandIns) -> None:
@@ -275,12 +271,26 @@ def test_cluster_up_rejects_an_unknown_mesh_mode(run, standins: StandIns) -> Non
     assert standins.calls() == []
 
 
-def test_cluster_up_warns_on_another_kind(run, standins: StandIns) -> None:
+@pytest.mark.parametrize("old", ["v0.31.0", "v0.20.0", "v0.9.12"])
+def test_cluster_up_refuses_a_kind_older_than_v0_32(run, standins: StandIns, old: str) -> None:
+    """Before v0.32, kind creates the 1.36 cluster but its `kind load` then fails: refuse up front."""
     standins.on("istioctl", "version", stdout=f"{V['ISTIO_VERSION']}\n")
-    standins.on("kind", "version", stdout="kind v0.20.0 go1.20 linux/amd64\n")
+    standins.on("kind", "version", stdout=f"kind {old} go1.20 linux/amd64\n")
+    result = run("cluster-up.sh")
+    assert result.returncode == 1
+    assert f"kind is older than {V['KIND_MIN_VERSION']} (it says: kind {old}" in result.stderr
+    assert "cannot load images into the pinned node image" in result.stderr
+    assert f"go install sigs.k8s.io/kind@{V['KIND_VERSION']}" in result.stderr
+    assert not [line for line in standins.lines() if "create" in line or "install" in line]
+
+
+def test_cluster_up_warns_on_a_newer_but_unpinned_kind(run, standins: StandIns) -> None:
+    standins.on("istioctl", "version", stdout=f"{V['ISTIO_VERSION']}\n")
+    standins.on("kind", "version", stdout="kind v0.32.1 go1.24 linux/amd64\n")
     result = run("cluster-up.sh")
     assert result.returncode == 0, result.stderr
     assert f"warning: kind is not {V['KIND_VERSION']}" in result.stderr
+    assert "older than" not in result.stderr
 
 
 def test_cluster_up_retries_the_addons(run, standins: StandIns) -> None:
@@ -297,26 +307,138 @@ def test_cluster_up_retries_the_addons(run, standins: StandIns) -> None:
 # ---------------------------------------------------------------- cluster-deploy
 
 
-def test_cluster_deploy_builds_loads_and_deploys(run, standins: StandIns, repo: Path) -> None:
+IMAGE_ID = "sha256:3f2a9c1b7d4e" + "0" * 52
+
+
+def deploy_cluster(standins: StandIns, engine: str = "docker", image_id: str = IMAGE_ID) -> None:
+    """An engine that builds, and a cluster whose idgen runs with its sidecar; kustomize is the real one."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the image override is checked with kustomize's real output")
+    standins.on(engine, "image", "inspect", stdout=f"{image_id}\n")
+    standins.on("kubectl", "kustomize", responses=[{"exec": kubectl}])
     standins.on("kubectl", "get", "pods", stdout="istio-proxy idgen")  # a native sidecar (init container)
+
+
+def deployed_image(standins: StandIns) -> str:
+    """The idgen image in the Deployment that `kubectl apply -f` was given."""
+    (apply,) = [c for c in standins.calls("kubectl") if "apply" in c.args]
+    (deployment,) = [d for d in yaml.safe_load_all(apply.files["-f"]) if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container["image"]
+
+
+def test_cluster_deploy_builds_tags_by_content_loads_and_deploys(run, standins: StandIns, repo: Path) -> None:
+    deploy_cluster(standins)
     result = run("cluster-deploy.sh")
     assert result.returncode == 0, result.stderr
     image = V["IDGEN_IMAGE"]
+    tagged = f"{image.rsplit(':', 1)[0]}:{image.rsplit(':', 1)[1]}-3f2a9c1b7d4e"
     k = ("kubectl", "--context", CONTEXT)
     assert_calls(
         standins,
         [
-            ("docker", "build", "-f", str(repo / "idgen/Dockerfile"), "-t", image, str(repo)),
-            ("kind", "load", "docker-image", image, "--name", CLUSTER),
-            (*k, "apply", "-k", str(repo / "manifests/base")),
+            ("docker", "buildx", "version"),
+            # No attestation: with Docker's containerd image store, `kind load docker-image` would fail.
+            ("docker", "build", "--provenance=false", "--sbom=false", "-f", str(repo / "idgen/Dockerfile"),
+             "-t", image, str(repo)),
+            ("docker", "image", "inspect", "--format", "{{.Id}}", image),
+            ("docker", "tag", image, tagged),
+            ("kind", "load", "docker-image", tagged, "--name", CLUSTER),
+            ("kubectl", "kustomize", str(repo / "manifests/base")),
+            ("kubectl", "kustomize", ANY),
+            (*k, "apply", "-f", ANY),
             (*k, "-n", "recipes", "rollout", "status", "deployment/idgen", "--timeout=180s"),
             (*k, "-n", "recipes", "get", "pods", "-l", "app=idgen", "-o", ANY),
         ],
+    )  # fmt: skip
+    # kustomize's images: put the content tag into the Deployment; everything else is manifests/base.
+    assert deployed_image(standins) == tagged
+
+
+def test_cluster_deploy_with_the_legacy_builder_passes_no_buildkit_flags(run, standins: StandIns) -> None:
+    """Without buildx, `docker build` is the legacy builder: no attestations, and no such flags."""
+    deploy_cluster(standins)
+    standins.on("docker", "buildx", "version", exit=1, stderr="docker: 'buildx' is not a docker command.\n")
+    result = run("cluster-deploy.sh")
+    assert result.returncode == 0, result.stderr
+    (build,) = [c for c in standins.calls("docker") if c.args[0] == "build"]
+    assert build.args[:2] == ["build", "-f"]
+
+
+def test_cluster_deploy_gives_a_changed_idgen_a_new_tag(run, standins: StandIns) -> None:
+    """Redeploying a changed idgen changes the pod template, so Kubernetes rolls it out."""
+    deploy_cluster(standins, image_id="sha256:" + "a" * 64)
+    assert run("cluster-deploy.sh").returncode == 0
+    first = deployed_image(standins)
+    (standins.home / "calls.jsonl").unlink()
+    standins.rules.clear()
+    deploy_cluster(standins, image_id="sha256:" + "b" * 64)
+    assert run("cluster-deploy.sh").returncode == 0
+    second = deployed_image(standins)
+    assert first.endswith("-aaaaaaaaaaaa") and second.endswith("-bbbbbbbbbbbb")
+
+
+def test_cluster_deploy_pushes_to_image_off_kind(run, standins: StandIns) -> None:
+    deploy_cluster(standins)
+    repo_name = "europe-docker.pkg.dev/demo/lab/idgen"
+    result = run("cluster-deploy.sh", KUBE_CONTEXT="gke_demo_europe-west1_lab", IMAGE=repo_name)
+    assert result.returncode == 0, result.stderr
+    tagged = f"{repo_name}:0.1.0-3f2a9c1b7d4e"
+    assert standins.calls("kind") == []
+    assert ["tag", V["IDGEN_IMAGE"], tagged] in [c.args for c in standins.calls("docker")]
+    assert standins.lines("docker")[-1] == f"docker push {tagged}"
+    assert deployed_image(standins) == tagged
+    assert index_of(standins, "docker push") < index_of(standins, "apply", "-f")
+
+
+@pytest.mark.parametrize("image", ["registry.example:5000/idgen:1.0", "egress-lab/idgen@sha256:" + "c" * 64])
+def test_cluster_deploy_wants_a_repository_without_tag(run, standins: StandIns, image: str) -> None:
+    result = run("cluster-deploy.sh", IMAGE=image)
+    assert result.returncode == 1
+    assert f"IMAGE={image} names a tag or digest: give the repository only" in result.stderr
+    assert standins.calls() == []
+
+
+def test_cluster_deploy_with_podman(run, standins: StandIns, repo: Path) -> None:
+    """KIND_EXPERIMENTAL_PROVIDER=podman: podman builds (localhost/ names), saves an archive, kind loads
+    it."""
+    deploy_cluster(standins, engine="podman")
+    result = run("cluster-deploy.sh", KIND_EXPERIMENTAL_PROVIDER="podman")
+    assert result.returncode == 0, result.stderr
+    tagged = "localhost/egress-lab/idgen:0.1.0-3f2a9c1b7d4e"
+    assert standins.calls("docker") == []
+    build, _inspect, tag, save = standins.calls("podman")
+    assert build.args == ["build", "-f", str(repo / "idgen/Dockerfile"), "-t", V["IDGEN_IMAGE"], str(repo)]
+    assert tag.args == ["tag", V["IDGEN_IMAGE"], tagged]
+    assert save.args[:2] == ["save", "-o"] and save.args[3] == tagged
+    (load,) = standins.calls("kind")
+    assert load.args == ["load", "image-archive", save.args[2], "--name", CLUSTER]
+    assert deployed_image(standins) == tagged
+
+
+def test_scripts_refuse_another_kind_provider(run, standins: StandIns) -> None:
+    result = run("cluster-deploy.sh", KIND_EXPERIMENTAL_PROVIDER="nerdctl")
+    assert result.returncode == 1
+    assert "KIND_EXPERIMENTAL_PROVIDER=nerdctl is not supported here: use docker (the default) or podman" in (
+        result.stderr
     )
+    assert standins.calls() == []
+
+
+def test_kind_up_with_podman(run, standins: StandIns) -> None:
+    versions_ok(standins)
+    result = run("kind-up.sh", KIND_EXPERIMENTAL_PROVIDER="podman", STANDIN_ENV="KIND_EXPERIMENTAL_PROVIDER")
+    assert result.returncode == 0, result.stderr
+    assert standins.lines()[0] == "podman info"
+    create = standins.calls("kind")[-1]
+    assert create.args[:2] == ["create", "cluster"]
+    assert create.env == {"KIND_EXPERIMENTAL_PROVIDER": "podman"}  # kind itself runs its node in podman
 
 
 def test_cluster_deploy_notices_a_missing_sidecar(run, standins: StandIns) -> None:
     standins.on("kubectl", "get", "pods", stdout=" idgen")
+    deploy_cluster(standins)
     result = run("cluster-deploy.sh")
     assert result.returncode == 1
     assert "idgen runs without an istio-proxy sidecar" in result.stderr
@@ -324,10 +446,18 @@ def test_cluster_deploy_notices_a_missing_sidecar(run, standins: StandIns) -> No
 
 
 def test_cluster_deploy_skip_build(run, standins: StandIns) -> None:
-    standins.on("kubectl", "get", "pods", stdout=" idgen istio-proxy")
-    result = run("cluster-deploy.sh", SKIP_BUILD="1")
+    deploy_cluster(standins)
+    image = "europe-docker.pkg.dev/demo/lab/idgen:0.1.0-3f2a9c1b7d4e"
+    result = run("cluster-deploy.sh", SKIP_BUILD="1", IMAGE=image)
     assert result.returncode == 0, result.stderr
     assert {c.tool for c in standins.calls()} == {"kubectl"}
+    assert deployed_image(standins) == image
+
+
+def test_cluster_deploy_skip_build_needs_a_tag(run, standins: StandIns) -> None:
+    result = run("cluster-deploy.sh", SKIP_BUILD="1", IMAGE="europe-docker.pkg.dev/demo/lab/idgen")
+    assert result.returncode == 1
+    assert "has no tag or digest" in result.stderr
 
 
 # ---------------------------------------------------------------- cluster-demo
@@ -342,8 +472,23 @@ def prom_value(value: float | None) -> dict[str, Any]:
     return {"stdout": json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}})}
 
 
+def prom_scalar(value: float) -> str:
+    return json.dumps({"status": "success", "data": {"resultType": "scalar", "result": [value, str(value)]}})
+
+
+def option_applied(standins: StandIns) -> int:
+    """The index of the call that applied the option resources (not the dry run that lists them)."""
+    for i, call in enumerate(standins.calls()):
+        if call.tool == "kubectl" and "apply" in call.args and "--dry-run=client" not in call.args:
+            return i
+    raise AssertionError("no kubectl apply:\n" + "\n".join(standins.lines()))
+
+
 def demo_cluster(standins: StandIns, *, wanted: str, present: str, httpbin_clusters: str) -> None:
-    """A cluster as kubectl/istioctl would show it to the demo step."""
+    """A cluster as kubectl/istioctl would show it to the demo step, with a Prometheus that has scraped
+    idgen's sidecar since the wait (its clock at 1000, its newest sample at 1001)."""
+    standins.on("curl", "api/v1/query", "query=time()", stdout=prom_scalar(1000))
+    standins.on("curl", "api/v1/query", "query=max(timestamp(", **prom_value(1001))
     standins.on("kubectl", "get", "deployment", "idgen", stdout="deployment.apps/idgen\n")
     standins.on("kubectl", "kustomize", stdout="# the overlay, rendered\n")
     standins.on("kubectl", "apply", "--dry-run=client", stdout=wanted)
@@ -384,7 +529,12 @@ def test_demo_blackhole_switches_waits_drives_and_passes(run, standins: StandIns
 
     lines = standins.lines()
     deleted = index_of(standins, "delete", "serviceentry.networking.istio.io/httpbin-ext")
-    applied = index_of(standins, "apply", "-k", str(repo / "manifests/overlays/blackhole"))
+    applied = option_applied(standins)
+    # Only the option resources of the rendered overlay: the Deployment keeps cluster-deploy's image.
+    rendered = index_of(standins, "kustomize", str(repo / "manifests/overlays/blackhole"))
+    apply_call = standins.calls()[applied]
+    assert apply_call.args[2:-1] == ["apply", "-l", "egress-lab/option-resource=true", "-f"]
+    assert rendered < applied
     assert index_of(standins, "apply", "--dry-run=client", "-l", "egress-lab/option-resource=true") < deleted
     assert deleted < applied
     assert not [line for line in lines if "delete" in line and "sidecar" in line]
@@ -411,6 +561,79 @@ def test_demo_blackhole_switches_waits_drives_and_passes(run, standins: StandIns
     # The port-forward (a stand-in turned `sleep`) was stopped by its PID.
     pf_call = next(c for c in standins.calls("kubectl") if "port-forward" in c.args)
     assert not pid_alive(pf_call.pid)
+
+
+# Against the simulated cluster (cluster_sim.py): istiod pushes 3 s after an apply, Prometheus scrapes every
+# 15 s, in virtual time. The script's own defaults for the waits (7 tries, 2, 4, 8 ... s).
+SIM_ENV = {"VERIFY_RETRIES": "7", "RETRY_DELAY_UNIT": "1"}
+
+
+def old_order(repo: Path) -> str:
+    """cluster-demo.sh as it was: `before` taken without waiting for a scrape after the wait's requests."""
+    script = repo / "scripts" / "cluster-demo.sh"
+    text = script.read_text()
+    assert text.count("\nwait_for_scrape\n") == 1
+    old = script.with_name("cluster-demo-old-order.sh")
+    old.write_text(text.replace("\nwait_for_scrape\n", "\n"))
+    return old.name
+
+
+@pytest.mark.parametrize("option,previous", [("blackhole", "passthrough"), ("serviceentry", "blackhole")])
+def test_demo_without_the_scrape_wait_fails_at_random_steps(
+    run, standins: StandIns, repo: Path, option: str, previous: str
+) -> None:
+    """The old order: the first wait request leaves under the previous option (istiod has not pushed yet);
+    `before` is taken before Prometheus has scraped it, so the previous option's series grows during the
+    step and the verdict says FAIL although the cluster is right."""
+    cluster_sim.install(standins, option=previous)
+    result = run(old_order(repo), option, **SIM_ENV)
+    left_under_previous = [o for _, o in cluster_sim.requests(standins)[5:] if o == previous]
+    assert left_under_previous, (
+        "the stand-ins must model the push delay: no wait request left under the old option"
+    )
+    assert re.search(rf"^  {previous} +{len(left_under_previous)}  \(expected 0\)", result.stdout, re.M), (
+        result.stdout
+    )
+    assert f"VERDICT: FAIL ({option}" in result.stdout
+    assert result.returncode == 1
+
+
+@pytest.mark.parametrize(
+    "option,previous",
+    [("blackhole", "passthrough"), ("serviceentry", "blackhole"), ("passthrough", "serviceentry")],
+)
+def test_demo_waits_for_a_scrape_after_the_wait_and_passes(
+    run, standins: StandIns, repo: Path, option: str, previous: str
+) -> None:
+    cluster_sim.install(standins, option=previous)
+    result = run("cluster-demo.sh", option, **SIM_ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Same cluster, same push delay: the wait's first requests still left under the previous option...
+    assert previous in [o for _, o in cluster_sim.requests(standins)[5:]]
+    # ...but they were scraped before `before`, so only this option's series grew.
+    assert "waiting for one after" in result.stderr
+    for other in {"passthrough", "blackhole", "serviceentry"} - {option}:
+        assert re.search(rf"^  {other} +0  \(expected 0\)", result.stdout, re.M), result.stdout
+    assert re.search(rf"^  {option} +20  \(expected >= 20\)", result.stdout, re.M), result.stdout
+    assert f"VERDICT: PASS ({option}" in result.stdout
+    # Order: the scrape wait (Prometheus's clock, then its newest sample) before the first `before` query.
+    queries = [c.args[-2] for c in standins.calls("curl") if "api/v1/query" in c.args[-1]]
+    assert queries[0] == "query=time()"
+    assert queries[1].startswith("query=max(timestamp(")
+    first_sum = next(i for i, q in enumerate(queries) if q.startswith("query=sum("))
+    assert all(q.startswith(("query=time()", "query=max(timestamp(")) for q in queries[:first_sum])
+
+
+def test_demo_says_so_when_prometheus_never_scrapes_idgen(run, standins: StandIns) -> None:
+    # Prometheus answers, but has no sample of idgen's sidecar (not scraping the namespace, say).
+    standins.on("curl", "api/v1/query", "query=max(timestamp(", **prom_value(None))
+    demo_cluster(standins, wanted="sidecar.networking.istio.io/default\n", present="", httpbin_clusters="[]")
+    standins.on("curl", "/id", stdout="200", write_to={"-o": '{"id": "x"}'})
+    result = run("cluster-demo.sh", "passthrough")
+    assert result.returncode == 1
+    assert "newest sample of idgen's sidecar in Prometheus: none; waiting for one after 1000" in result.stderr
+    assert "has not scraped idgen's sidecar since the wait" in result.stderr
+    assert not [c for c in standins.calls("curl") if "/dev/null" in c.args and c.args[-1].endswith("/id")]
 
 
 def test_demo_fails_the_verdict_when_the_expected_series_does_not_grow(run, standins: StandIns) -> None:
@@ -535,6 +758,14 @@ def test_cluster_down_deletes_only_its_kind_cluster(run, standins: StandIns) -> 
     assert_calls(standins, [("kind", "get", "clusters"), ("kind", "delete", "cluster", "--name", CLUSTER)])
 
 
+def test_cluster_down_refuses_another_context(run, standins: StandIns) -> None:
+    standins.on("kind", "get", "clusters", stdout=f"{CLUSTER}\n")
+    result = run("cluster-down.sh", KUBE_CONTEXT="gke_demo_europe-west1_lab")
+    assert result.returncode == 1
+    assert "is not the lab's kind cluster" in result.stderr and "make cluster-cleanup" in result.stderr
+    assert standins.calls() == []
+
+
 def test_cluster_down_without_a_cluster_does_nothing(run, standins: StandIns) -> None:
     result = run("cluster-down.sh")
     assert result.returncode == 0
@@ -553,6 +784,7 @@ def test_frontend_local_points_at_the_gateway(run, standins: StandIns, repo: Pat
 
 
 def test_frontend_deploy_runs_gcloud_functions_deploy(run, standins: StandIns, repo: Path) -> None:
+    standins.on("gcloud", "projects", "describe", stdout="123456789012\n")
     result = run(
         "frontend-deploy-gcf.sh",
         IDGEN_URL="http://203.0.113.7/id",
@@ -563,6 +795,12 @@ def test_frontend_deploy_runs_gcloud_functions_deploy(run, standins: StandIns, r
     assert_calls(
         standins,
         [
+            ("gcloud", "projects", "describe", "demo-project", "--format=value(projectNumber)"),
+            # --set-secrets fails unless the function's identity (2nd gen: the default compute service
+            # account) may read the secret: granted first.
+            ("gcloud", "secrets", "add-iam-policy-binding", "recipes-csrf-secret", "--project=demo-project",
+             "--member=serviceAccount:123456789012-compute@developer.gserviceaccount.com",
+             "--role=roles/secretmanager.secretAccessor"),
             ("gcloud", "functions", "deploy", "recipes", "--gen2", f"--runtime={V['GCF_RUNTIME']}",
              "--region=europe-west1", f"--source={repo}/frontend", "--entry-point=recipes", "--trigger-http",
              "--max-instances=1", "--set-env-vars=IDGEN_URL=http://203.0.113.7/id,RECIPES_DB=/tmp/recipes.db",
@@ -570,6 +808,39 @@ def test_frontend_deploy_runs_gcloud_functions_deploy(run, standins: StandIns, r
              "--project=demo-project"),
         ],
     )  # fmt: skip
+
+
+def test_frontend_deploy_grants_the_secret_to_a_given_service_account(run, standins: StandIns) -> None:
+    standins.on("gcloud", "config", "get-value", "project", stdout="configured-project\n")
+    account = "recipes-site@configured-project.iam.gserviceaccount.com"
+    result = run(
+        "frontend-deploy-gcf.sh",
+        IDGEN_URL="http://203.0.113.7/id",
+        GCF_SECRET="s",
+        GCF_SERVICE_ACCOUNT=account,
+    )
+    assert result.returncode == 0, result.stderr
+    config, grant, deploy = standins.calls("gcloud")
+    assert config.args == ["config", "get-value", "project"]
+    assert grant.args == [
+        "secrets", "add-iam-policy-binding", "s", "--project=configured-project",
+        f"--member=serviceAccount:{account}", "--role=roles/secretmanager.secretAccessor",
+    ]  # fmt: skip
+    assert f"--service-account={account}" in deploy.args
+
+
+def test_frontend_deploy_without_a_secret_grants_nothing(run, standins: StandIns) -> None:
+    result = run("frontend-deploy-gcf.sh", IDGEN_URL="http://203.0.113.7/id")
+    assert result.returncode == 0, result.stderr
+    (deploy,) = standins.calls("gcloud")
+    assert deploy.args[:2] == ["functions", "deploy"]
+
+
+def test_frontend_deploy_with_a_secret_needs_a_project(run, standins: StandIns) -> None:
+    result = run("frontend-deploy-gcf.sh", IDGEN_URL="http://203.0.113.7/id", GCF_SECRET="s")
+    assert result.returncode == 1
+    assert "GCF_SECRET is set but no project is known: set GCP_PROJECT" in result.stderr
+    assert not [line for line in standins.lines() if "deploy" in line or "add-iam" in line]
 
 
 def test_frontend_deploy_requires_idgen_url(run, standins: StandIns) -> None:
