@@ -1,8 +1,9 @@
-"""`localmesh up|down|status|apply`: the local mesh's command line (also `python -m localmesh`)."""
+"""`localmesh up|down|status|apply|delete|logs`: the local mesh's command line (or `python -m localmesh`)."""
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import shutil
@@ -15,6 +16,7 @@ from localmesh import control
 from localmesh.config import ConfigError
 from localmesh.procs import log_tail, port_in_use
 from localmesh.stack import (
+    PROXY_CHILDREN,
     ROOT,
     Paths,
     Ports,
@@ -213,6 +215,37 @@ def cmd_apply(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
+    """`kubectl logs deploy/<workload> -c istio-proxy` for the local mesh: the proxy's own output,
+    with one access log line per request in Istio's format (or, with -c app, the app's log)."""
+    child = PROXY_CHILDREN[args.workload] if args.container == "istio-proxy" else args.workload
+    if child == "istio-ingressgateway":
+        print("localmesh logs: istio-ingressgateway has only the istio-proxy container", file=sys.stderr)
+        return 2
+    log = paths.logs / f"{child}.log"
+    if not log.is_file():
+        print(f"localmesh logs: no log yet ({log}); start the stack with `localmesh up`", file=sys.stderr)
+        return 1
+    try:
+        with open(log, "rb") as source:
+            lines = collections.deque(source, maxlen=args.tail) if args.tail >= 0 else source
+            sys.stdout.buffer.writelines(lines)
+            sys.stdout.flush()
+            while args.follow:
+                line = source.readline()
+                if line:
+                    sys.stdout.buffer.write(line)
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.2)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="localmesh", description="Istio's gateway and sidecar on one machine."
@@ -249,6 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("-f", "--filename", type=Path, help="one YAML file (kubectl apply -f semantics)")
     delete = sub.add_parser("delete", help="remove the objects of a YAML file and push (kubectl delete -f)")
     delete.add_argument("-f", "--filename", type=Path, required=True, help="the YAML file whose objects go")
+    logs = sub.add_parser(
+        "logs",
+        help="a workload's istio-proxy log: one access log line per request, in Istio's text format",
+    )
+    logs.add_argument("workload", choices=sorted(PROXY_CHILDREN), help="the workload whose proxy to show")
+    logs.add_argument(
+        "-c",
+        "--container",
+        choices=("istio-proxy", "app"),
+        default="istio-proxy",
+        help="istio-proxy (default) or the app itself (idgen)",
+    )
+    logs.add_argument("--tail", type=int, default=-1, metavar="N", help="only the last N lines")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C stops)")
     sub.add_parser("supervise", help=argparse.SUPPRESS)
     return parser
 
@@ -259,6 +306,7 @@ COMMANDS = {
     "status": cmd_status,
     "apply": cmd_apply,
     "delete": cmd_apply,
+    "logs": cmd_logs,
     "supervise": cmd_supervise,
 }
 

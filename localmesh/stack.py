@@ -142,6 +142,13 @@ def urls(ports: Ports, with_prometheus: bool) -> dict[str, str]:
     return shown
 
 
+# Istio's demo profile sets meshConfig.accessLogFile: /dev/stdout: the proxies log each request in
+# Istio's text format to their stdout, which the supervisor keeps in logs/<child>.log.
+ACCESS_LOG = ("--access-log", "-")
+# The workload whose istio-proxy container each proxy child plays (`localmesh logs <workload>`).
+PROXY_CHILDREN = {"idgen": "sidecar", "istio-ingressgateway": "gateway"}
+
+
 def proxy_admins(ports: Ports) -> dict[str, str]:
     """Each proxy's admin URL, keyed by the route table it serves."""
     return {
@@ -219,6 +226,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 "--outbound",
                 f"{lo}:{ports.sidecar_outbound}",
                 *offline,
+                *ACCESS_LOG,
             ],
             f"http://{lo}:{ports.sidecar_admin}/ready",
         ),
@@ -237,6 +245,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 "--listen",
                 f"{lo}:{ports.gateway}",
                 *offline,
+                *ACCESS_LOG,
             ],
             f"http://{lo}:{ports.gateway_admin}/ready",
         ),

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import uvloop
 
 from localmesh import routes
+from localmesh.accesslog import AccessLog
 from localmesh.config import load_kustomization, parse
 from localmesh.procs import free_port
 from localmesh.proxy import GATEWAY, INBOUND, OUTBOUND, Endpoint, ProxyServer
@@ -81,7 +82,7 @@ class BackgroundProxy:
             decide_ingress=routes.decide_ingress,
             app=app,
             timeouts=timeouts or Timeouts(),
-            access_log=access_log,
+            access_log=AccessLog(access_log) if access_log is not None else None,
         )
         self.server = ProxyServer(
             self.state,
