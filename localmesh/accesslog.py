@@ -17,9 +17,11 @@ The values that tell the egress story are Envoy's and pilot's: the cluster (`Pas
 is a `direct_response` with `-` as upstream host and cluster and `block_all` as route, exactly as an
 Istio sidecar logs it. What this proxy does not track is logged as Envoy logs a missing value, `-`:
 the upstream's local address, the transport failure reason and the connection termination details.
-BYTES_RECEIVED and BYTES_SENT are the downstream wire bytes (the sizes behind istio_request_bytes
-and istio_response_bytes), where Envoy counts bodies only; the upstream service time is measured
-to the end of the response.
+BYTES_RECEIVED is the request body, as in Envoy; BYTES_SENT is the response body for the proxy's
+own empty answers (block_all, route not found: 0, as in Envoy) but the whole response, headers
+included, for the others (the proxy keeps the wire size behind istio_response_bytes, not the body's).
+The upstream service time is measured to the end of the response. A request answered before it
+was routed gets a fresh request ID in its line, as Envoy generates one before routing.
 
 Writes are buffered and flushed once a second (Envoy buffers too and flushes every 10 s by default,
 `--file-flush-interval-msec`; one second keeps `localmesh logs` current during a demo), so a request
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import TYPE_CHECKING, TextIO
 
 from localmesh.routes import BLACKHOLE, PASSTHROUGH
@@ -115,12 +118,17 @@ def format_line(ex: Exchange, duration: int) -> str:
     transport = down.transport
     local = transport.get_extra_info("sockname") if transport is not None else None
     remote = transport.get_extra_info("peername") if transport is not None else None
+    head = len(ex.method) + len(ex.url) + 14 + sum(len(n) + len(v) + 4 for n, v in ex.headers)
+    received = max(ex.req_bytes - head, 0)  # the same wire size count as the exchange's, less the head
+    sent = 0 if details in ("direct_response", "route_not_found") else ex.resp_bytes
+    if rid is None and ex.request_id == b"-":
+        rid = str(uuid.uuid4()).encode()
     started = time.time() - (time.monotonic() - ex.start)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))
     return (
         f"[{stamp}.{int(started * 1000) % 1000:03d}Z] "
         f'"{_text(ex.method)} {_text(_path(ex.url))} {"HTTP/1.0" if ex.http10 else "HTTP/1.1"}" '
-        f'{ex.status} {ex.flags} {details} - "-" {ex.req_bytes} {ex.resp_bytes} {duration} '
+        f'{ex.status} {ex.flags} {details} - "-" {received} {sent} {duration} '
         f'{service_time} "{_text(xff)}" "{_text(user_agent)}" "{_text(rid or ex.request_id)}" '
         f'"{_text(ex.authority)}" "{upstream}" {cluster or "-"} - {_address(local)} {_address(remote)} '
         f"- {route}\n"

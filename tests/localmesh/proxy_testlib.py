@@ -383,6 +383,17 @@ def closed_by_peer(sock: Client, timeout: float = 5.0) -> bool:
 
 # --- metrics ------------------------------------------------------------------------------------
 
+# Istio's default text format (istio pilot/pkg/model/telemetry_logging.go EnvoyTextLogFormat), with the
+# values an Istio sidecar writes for each egress option.
+ISTIO_LINE = re.compile(
+    r'\[(?P<start>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] "(?P<request>[^"]*)" '
+    r"(?P<code>\d+) (?P<flags>\S+) "
+    r'(?P<details>\S+) - "-" (?P<received>\d+) (?P<sent>\d+) \d+ (?P<service_time>\S+) '
+    r'"(?P<xff>[^"]*)" "(?P<ua>[^"]*)" '
+    r'"(?P<rid>[^"]*)" "(?P<authority>[^"]*)" "(?P<upstream>[^"]*)" (?P<cluster>\S+) - '
+    r"(?P<local>\S+) (?P<remote>\S+) - (?P<route>\S+)"
+)
+
 _SERIES = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>.*)\})? (?P<value>\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from proxy_testlib import (
+    ISTIO_LINE,
     App,
     BackgroundProxy,
     EchoServer,
@@ -534,16 +535,6 @@ def test_gateway_forwards_with_edge_headers(app):
     )
 
 
-# Istio's default text format (istio pilot/pkg/model/telemetry_logging.go EnvoyTextLogFormat), with the
-# values an Istio sidecar writes for each egress option.
-ISTIO_LINE = re.compile(
-    r'\[(?P<start>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] "(?P<request>[^"]*)" (?P<code>\d+) (?P<flags>\S+) '
-    r'(?P<details>\S+) - "-" \d+ \d+ \d+ (?P<service_time>\S+) "(?P<xff>[^"]*)" "(?P<ua>[^"]*)" '
-    r'"(?P<rid>[^"]*)" "(?P<authority>[^"]*)" "(?P<upstream>[^"]*)" (?P<cluster>\S+) - '
-    r"(?P<local>\S+) (?P<remote>\S+) - (?P<route>\S+)"
-)
-
-
 def test_access_log_is_off_by_default_and_one_istio_line_per_request_when_on(app, tmp_path):
     log = (tmp_path / "access.log").open("w+")
     with sidecar(app, access_log=log) as proxy:
@@ -571,7 +562,8 @@ def test_access_log_is_off_by_default_and_one_istio_line_per_request_when_on(app
     # A blackholed request: Istio's sidecar logs a direct response with no upstream from block_all.
     assert (blocked["code"], blocked["flags"], blocked["details"]) == ("502", "-", "direct_response")
     assert (blocked["upstream"], blocked["cluster"], blocked["route"]) == ("-", "-", "block_all")
-    assert blocked["service_time"] == "-"
+    assert (blocked["service_time"], blocked["received"], blocked["sent"]) == ("-", "0", "0")
+    assert re.fullmatch(r"[0-9a-f-]{36}", blocked["rid"])
     assert (registered["cluster"], registered["route"]) == ("outbound|80||httpbin.org", "default")
     args = build_parser().parse_args(["--role", "gateway", "--routes", "r.json", "--admin", "127.0.0.1:1"])
     assert args.access_log is None  # no per-request logging unless asked
