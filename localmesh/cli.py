@@ -224,7 +224,10 @@ def cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
         return 2
     log = paths.logs / f"{child}.log"
     if not log.is_file():
-        print(f"localmesh logs: no log yet ({log}); start the stack with `localmesh up`", file=sys.stderr)
+        print(
+            f"localmesh logs: no log yet ({log}); start the stack first (`make up` or `localmesh up`)",
+            file=sys.stderr,
+        )
         return 1
     try:
         with open(log, "rb") as source:

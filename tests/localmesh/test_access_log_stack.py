@@ -100,3 +100,15 @@ def test_make_logs_and_the_gateways_log(stack: LocalStack):
     assert call["xff"] == "127.0.0.1"  # the gateway appends the client's address (use_remote_address)
     tail = stack.localmesh("logs", "idgen", "--tail", "1").stdout
     assert len(tail.splitlines()) == 1
+
+
+def test_logs_of_the_app_and_what_has_no_log(stack: LocalStack, tmp_path):
+    requests.get(f"{stack.gateway}/id", timeout=15)
+    assert '"path":"/id"' in stack.localmesh("logs", "idgen", "-c", "app").stdout  # idgen's own log
+    gateway_app = stack.localmesh("logs", "istio-ingressgateway", "-c", "app", check=False)
+    assert gateway_app.returncode == 2 and "has only the istio-proxy container" in gateway_app.stderr
+    env = {**os.environ, "LOCALMESH_STATE": str(tmp_path)}
+    done = subprocess.run(
+        ["make", "-s", "logs"], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
+    )
+    assert done.returncode != 0 and "no log yet" in done.stderr and "make up" in done.stderr
