@@ -32,6 +32,7 @@ from localmesh.stack import (
     taken_ports,
     urls,
 )
+from localmesh.telemetry import max_passthrough_hosts
 
 START_TIMEOUT = 60.0
 
@@ -70,6 +71,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
         return 0 if already.phase == "ready" else 1
     try:
         ports = Ports().with_overrides({**ports_from_env(), **_port_overrides(args.port)})
+        max_passthrough_hosts()  # the proxies read it too; say it is wrong before starting them
     except ValueError as err:
         print(f"localmesh up: {err}", file=sys.stderr)
         return 2

@@ -185,3 +185,14 @@ def test_an_invalid_cap_is_a_clear_error(tmp_path, value):
 def test_the_alert_watches_the_counter_the_proxies_export():
     rules = (ROOT / "manifests" / "monitoring" / "egress-rules.yaml").read_text()
     assert f"({OVERFLOW_METRIC}) > 0" in rules
+
+
+def test_localmesh_up_refuses_an_invalid_cap_before_starting_anything(tmp_path):
+    env = {**os.environ, "LOCALMESH_STATE": str(tmp_path / "state"), MAX_HOSTS_ENV: "lots"}
+    localmesh = ROOT / ".venv" / "bin" / "localmesh"
+    done = subprocess.run(
+        [str(localmesh), "up"], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
+    )
+    assert done.returncode == 2
+    assert f"localmesh up: {MAX_HOSTS_ENV}='lots' is not a whole number" in done.stderr
+    assert not (tmp_path / "state").exists()
