@@ -17,7 +17,8 @@ import pytest
 from proxy_testlib import App, samples, tables
 
 from localmesh.procs import free_port
-from localmesh.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, OVERFLOW_METRIC
+from localmesh.routes import BLACKHOLE, PASSTHROUGH, UNKNOWN, Service, Workload
+from localmesh.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, OVERFLOW_METRIC, Telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOOD = 20_000
@@ -196,3 +197,31 @@ def test_localmesh_up_refuses_an_invalid_cap_before_starting_anything(tmp_path):
     assert done.returncode == 2
     assert f"localmesh up: {MAX_HOSTS_ENV}='lots' is not a whole number" in done.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_the_cap_counts_passthrough_and_blackhole_hosts_only_and_covers_tcp():
+    idgen = Workload("idgen", "recipes")
+    telemetry = Telemetry(max_passthrough_hosts=2)
+
+    def http(host: str, cluster: str) -> None:
+        telemetry.http(
+            "source", idgen, UNKNOWN, Service(host, cluster, "unknown"), 502, "-", "unknown"
+        ).observe(1, 1, 1)
+
+    for host in ("a.test", "b.test", "c.test", "a.test"):
+        http(host, PASSTHROUGH)
+    http("d.test", BLACKHOLE)
+    # A registered host (ServiceEntry) is not the app's free choice: never capped.
+    telemetry.http(
+        "source", idgen, UNKNOWN, Service("httpbin.org", "httpbin.org", "recipes"), 200, "-", "unknown"
+    )
+    telemetry.tcp(
+        "source", idgen, UNKNOWN, Service("e.test", PASSTHROUGH, "unknown"), "-", "unknown"
+    ).opened += 1
+    text = telemetry.exposition()
+    assert destination_services(text) == {"a.test": 2, "b.test": 1, "overflow": 2, "httpbin.org": 0}
+    assert [
+        labels["destination_service"] for labels, _ in samples(text, "istio_tcp_connections_opened_total")
+    ] == ["overflow"]
+    overflow = {labels["destination_service_name"]: count for labels, count in samples(text, OVERFLOW_METRIC)}
+    assert overflow == {PASSTHROUGH: 2, BLACKHOLE: 1}
