@@ -196,6 +196,8 @@ def _describe(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
+    if isinstance(value, _BigInteger):
+        return f"an integer of {value.digits} digits"
     if isinstance(value, int):
         return f"integer {value}"
     if isinstance(value, float):

@@ -89,8 +89,9 @@ def test_file_above_the_api_servers_3_mib_is_refused(state, tmp_path):
         ("data:\n  1: one\n  a: two\n", "data", "key 1 is not a string (integer 1)"),
         ("data:\n  n: " + "7" * 5000 + "\n", "data.n", "an integer of 5000 digits is out of range"),
         ("data:\n  deep: " + "[" * 150 + "]" * 150 + "\n", None, "nested more than 100 levels deep"),
+        ("spec: {port: .nan}\n", "spec.port", "nan is not a JSON number"),
     ],
-    ids=["binary", "set", "mixed-type-keys", "5000-digit-integer", "deep-nesting"],
+    ids=["binary", "set", "mixed-type-keys", "5000-digit-integer", "deep-nesting", "nan"],
 )
 def test_yaml_beyond_json_names_file_resource_and_field(state, tmp_path, body, field, what):
     hostile = tmp_path / "hostile.yaml"
@@ -124,3 +125,10 @@ def test_error_on_a_fresh_state_saves_nothing_and_up_still_starts_from_the_defau
     done = localmesh(state, "apply", "-k", str(PASSTHROUGH))
     assert done.returncode == 0, done.stderr
     assert "option passthrough" in done.stdout
+
+
+def test_a_huge_integer_as_a_name_is_described_as_such(state, tmp_path):
+    hostile = tmp_path / "name.yaml"
+    hostile.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: " + "9" * 5000 + "}\n")
+    err = refused(state, hostile)
+    assert "metadata.name: expected a non-empty string, got an integer of 5000 digits" in err
