@@ -132,3 +132,12 @@ def test_a_huge_integer_as_a_name_is_described_as_such(state, tmp_path):
     hostile.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: " + "9" * 5000 + "}\n")
     err = refused(state, hostile)
     assert "metadata.name: expected a non-empty string, got an integer of 5000 digits" in err
+
+
+def test_merge_key_bomb_is_refused_too(state, tmp_path):
+    # `<<` merges copy the merged mappings when the document is built: doubling at each level.
+    lines = ["data:", "  m0: &m0 {k0: v}"]
+    lines += [f"  m{n}: &m{n} {{<<: [*m{n - 1}, *m{n - 1}], k{n}: v}}" for n in range(1, 30)]
+    bomb = tmp_path / "merge.yaml"
+    bomb.write_text(CONFIGMAP + "\n".join(lines) + "\n")
+    assert "document contains excessive aliasing" in refused(state, bomb)
