@@ -67,6 +67,9 @@ down: $(READY) ## stop every process of the local mesh
 status: $(READY) ## what runs, where, and which egress option is applied
 	$(BIN)/localmesh status
 
+logs: $(READY) ## idgen's sidecar log: an access log line per request, Istio's format (WORKLOAD=istio-ingressgateway)
+	@$(BIN)/localmesh logs $(or $(WORKLOAD),idgen)
+
 demo: $(READY) ## the three egress options in order, with metrics and a verdict (TARGET=local|cluster)
 ifeq ($(TARGET),cluster)
 	$(MAKE) cluster-demo

@@ -1,8 +1,9 @@
-"""`localmesh up|down|status|apply|delete|push`: the local mesh's command line (`python -m localmesh`)."""
+"""`localmesh up|down|status|apply|delete|push|logs`: the local mesh's command line."""
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import shutil
@@ -15,6 +16,7 @@ from localmesh import control
 from localmesh.config import ConfigError
 from localmesh.procs import log_tail, port_in_use
 from localmesh.stack import (
+    PROXY_CHILDREN,
     ROOT,
     Paths,
     Ports,
@@ -32,6 +34,7 @@ from localmesh.stack import (
     taken_ports,
     urls,
 )
+from localmesh.telemetry import max_passthrough_hosts
 
 START_TIMEOUT = 60.0
 
@@ -70,6 +73,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
         return 0 if already.phase == "ready" else 1
     try:
         ports = Ports().with_overrides({**ports_from_env(), **_port_overrides(args.port)})
+        max_passthrough_hosts()  # the proxies read it too; say it is wrong before starting them
     except ValueError as err:
         print(f"localmesh up: {err}", file=sys.stderr)
         return 2
@@ -242,6 +246,40 @@ def cmd_apply(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
+    """`kubectl logs deploy/<workload> -c istio-proxy` for the local mesh: the proxy's own output,
+    with one access log line per request in Istio's format (or, with -c app, the app's log)."""
+    child = PROXY_CHILDREN[args.workload] if args.container == "istio-proxy" else args.workload
+    if child == "istio-ingressgateway":
+        print("localmesh logs: istio-ingressgateway has only the istio-proxy container", file=sys.stderr)
+        return 2
+    log = paths.logs / f"{child}.log"
+    if not log.is_file():
+        print(
+            f"localmesh logs: no log yet ({log}); start the stack first (`make up` or `localmesh up`)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        with open(log, "rb") as source:
+            lines = collections.deque(source, maxlen=args.tail) if args.tail >= 0 else source
+            sys.stdout.buffer.writelines(lines)
+            sys.stdout.flush()
+            while args.follow:
+                line = source.readline()
+                if line:
+                    sys.stdout.buffer.write(line)
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.2)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="localmesh", description="Istio's gateway and sidecar on one machine."
@@ -281,6 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "push", help="push the applied config to the running proxies again (after DRIFT in status)"
     )
+    logs = sub.add_parser(
+        "logs",
+        help="a workload's istio-proxy log: one access log line per request, in Istio's text format",
+    )
+    logs.add_argument("workload", choices=sorted(PROXY_CHILDREN), help="the workload whose proxy to show")
+    logs.add_argument(
+        "-c",
+        "--container",
+        choices=("istio-proxy", "app"),
+        default="istio-proxy",
+        help="istio-proxy (default) or the app itself (idgen)",
+    )
+    logs.add_argument("--tail", type=int, default=-1, metavar="N", help="only the last N lines")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C stops)")
     sub.add_parser("supervise", help=argparse.SUPPRESS)
     return parser
 
@@ -292,6 +344,7 @@ COMMANDS = {
     "apply": cmd_apply,
     "delete": cmd_apply,
     "push": cmd_push,
+    "logs": cmd_logs,
     "supervise": cmd_supervise,
 }
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -143,6 +144,7 @@ class Resource:
             _check_string_map(
                 meta.get(key), f"metadata.{key}", lambda path, msg: f"{at}: {label}: {path}: {msg}"
             )
+        _check_json(body, "", lambda path, msg: f"{at}: {label}: {path or '(top level)'}: {msg}")
         return cls(body, source)
 
     @property
@@ -194,6 +196,8 @@ def _describe(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
+    if isinstance(value, _BigInteger):
+        return f"an integer of {value.digits} digits"
     if isinstance(value, int):
         return f"integer {value}"
     if isinstance(value, float):
@@ -205,6 +209,44 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return type(value).__name__
+
+
+def _check_json(value: Any, path: str, message: Any) -> None:
+    """A Kubernetes object is JSON: string keys, and strings, finite numbers, 64-bit integers,
+    booleans, null, lists and mappings as values. YAML can say more (!!binary, !!set, integer or
+    list keys, huge integers); each is refused here, naming the field, instead of failing later."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(
+                    message(
+                        path,
+                        f"key {key!r} is not a string ({_describe(key)}): Kubernetes objects are JSON, "
+                        "whose keys are strings; quote it",
+                    )
+                )
+            _check_json(item, _join(path, key), message)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]", message)
+    elif isinstance(value, _BigInteger):
+        raise ConfigError(
+            message(
+                path,
+                f"an integer of {value.digits} digits is out of range (Kubernetes integers are "
+                "64-bit); quote it if it is meant as text",
+            )
+        )
+    elif isinstance(value, bytes):
+        raise ConfigError(
+            message(path, "binary data (!!binary) is not a JSON value; give it as a base64 string")
+        )
+    elif isinstance(value, set):
+        raise ConfigError(message(path, "a set (!!set) is not a JSON value; write a list"))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(message(path, f"{value} is not a JSON number"))
+    elif value is not None and not isinstance(value, str | int | float):
+        raise ConfigError(message(path, f"{_describe(value)} is not a JSON value"))
 
 
 def _check_string_map(value: Any, path: str, message: Any) -> None:
@@ -224,6 +266,23 @@ def _check_string_map(value: Any, path: str, message: Any) -> None:
 # and a duplicated key is an error (kubectl rejects it; PyYAML would silently keep the last one).
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     pass
+
+
+class _BigInteger(int):
+    """An integer literal too long to be a Kubernetes integer (int64). Kept unconverted, so that a
+    5,000-digit literal neither trips Python's int conversion limit nor costs time, and reported by
+    Resource.from_body with its resource and field."""
+
+    digits = 0
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    digits = sum(ch.isdigit() for ch in node.value)
+    if digits > MAX_INTEGER_DIGITS:
+        big = _BigInteger(0)
+        big.digits = digits
+        return big
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -250,6 +309,74 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node))
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+# Input limits, so that a small hostile file cannot take the control plane's time and memory:
+# - a file may hold at most what the Kubernetes API server accepts in one request body, 3 MiB
+#   (k8s.io/apiserver/pkg/server/config.go NewConfig: MaxRequestBodyBytes = 3 * 1024 * 1024);
+# - aliases may not do most of the work: kubectl's YAML decoder (go-yaml v2 decode.go, the fix for
+#   CVE-2019-11253 "billion laughs", kubernetes/kubernetes#83253) fails with "document contains
+#   excessive aliasing" when more than 100 aliases expand and alias expansion makes more than
+#   allowedAliasRatio() of the nodes decoded; the same rule is applied here to the node graph before
+#   anything is built from it;
+# - nesting: go-yaml stops at 10,000 levels; Python's recursion limit is lower, and Kubernetes objects
+#   nest a dozen levels deep, so localmesh stops at 100;
+# - integers: Kubernetes integers are 64-bit (19 digits); longer literals are refused;
+# - kustomizations may include kustomizations up to 100 levels deep (this bundle uses 3).
+MAX_FILE_BYTES = 3 * 1024 * 1024
+MAX_NESTING = 100
+MAX_INTEGER_DIGITS = 19
+MAX_KUSTOMIZATION_DEPTH = 100
+
+
+def _allowed_alias_ratio(decoded: int) -> float:
+    """go-yaml v2 decode.go allowedAliasRatio: 99% up to 400,000 decoded nodes, down to 10% at 4,000,000."""
+    low, high = 400_000, 4_000_000
+    if decoded <= low:
+        return 0.99
+    if decoded >= high:
+        return 0.10
+    return 0.99 - 0.89 * (decoded - low) / (high - low)
+
+
+def _check_node_graph(root: yaml.Node, source: str) -> None:
+    """Refuse excessive aliasing and nesting in a composed document, before it is constructed.
+
+    An alias is the anchored node object itself, so the graph has each node once; `expanded` counts
+    what a decoder that copies aliases (kubectl's) would decode, memoised by node, so even a billion
+    laughs is counted in a few hundred steps."""
+    expanded: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, children_done = stack.pop()
+        if id(node) in expanded:
+            continue
+        if depth > MAX_NESTING:
+            mark = node.start_mark
+            raise ConfigError(
+                f"{source}: invalid YAML at line {mark.line + 1}, column {mark.column + 1}: nested more "
+                f"than {MAX_NESTING} levels deep (Kubernetes objects nest far less)"
+            )
+        if isinstance(node, yaml.ScalarNode):
+            expanded[id(node)] = 1
+            continue
+        children = (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        )
+        if children_done:
+            expanded[id(node)] = 1 + sum(expanded[id(child)] for child in children)
+            continue
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children if id(child) not in expanded)
+    decoded = expanded[id(root)]
+    distinct = len(expanded)
+    from_aliases = decoded - distinct
+    if from_aliases > 100 and decoded > 1000 and from_aliases / decoded > _allowed_alias_ratio(decoded):
+        raise ConfigError(
+            f"{source}: invalid YAML: document contains excessive aliasing ({distinct} nodes expand to "
+            f"{decoded} through anchors and aliases; kubectl refuses such a document too). Write the "
+            "objects out without anchors"
+        )
 
 
 def _display(path: Path) -> str:
@@ -262,6 +389,12 @@ def _display(path: Path) -> str:
 
 def _read_text(path: Path) -> str:
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(
+                f"{_display(path)}: {size} bytes is more than the {MAX_FILE_BYTES} bytes (3 MiB) the "
+                "Kubernetes API server accepts in one request; split the file"
+            )
         return path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{_display(path)}: cannot read: {err.strerror or err}") from err
@@ -270,8 +403,18 @@ def _read_text(path: Path) -> str:
 
 
 def _yaml_documents(text: str, source: str) -> list[Any]:
+    """The documents of a YAML stream, each checked for aliasing and nesting before it is built
+    (what yaml.load_all does, with that check in between)."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(f"{source}: more than {MAX_FILE_BYTES} bytes (3 MiB, the API server's limit)")
+    loader = _Loader(text)
     try:
-        return list(yaml.load_all(text, Loader=_Loader))
+        documents = []
+        while loader.check_node():
+            node = loader.get_node()
+            _check_node_graph(node, source)
+            documents.append(loader.construct_document(node))
+        return documents
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -279,6 +422,8 @@ def _yaml_documents(text: str, source: str) -> list[Any]:
         raise ConfigError(f"{source}: invalid YAML{where}: {what}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: invalid YAML: {err}") from err
+    finally:
+        loader.dispose()
 
 
 def load_text(text: str, source: str = "<stdin>") -> list[Resource]:
@@ -392,6 +537,11 @@ def _build_kustomization(directory: Path, expected_kind: str, stack: tuple[Path,
                     f"{kshown}: {at}: {entry!r}: localmesh reads local paths only (no remote bases)"
                 )
             target = directory / entry
+            if len(stack) + 1 >= MAX_KUSTOMIZATION_DEPTH and (section == "components" or target.is_dir()):
+                raise ConfigError(
+                    f"{kshown}: {at}: {entry!r}: kustomizations nested more than {MAX_KUSTOMIZATION_DEPTH} "
+                    f"deep (from {_display(stack[0]) if stack else shown}); flatten the chain"
+                )
             if section == "components":
                 add(_build_kustomization(target, "Component", (*stack, real)), at)
             elif target.is_dir():

@@ -115,8 +115,9 @@ def prepare(paths: Paths, ports: Ports, overlay: Path | None) -> None:
         state.apply_file(DEFAULT_MESH_CONFIG)
     if overlay is not None or not paths.config_file.exists():
         state.apply_kustomization(overlay or DEFAULT_OVERLAY)
+    tables = tables_for(state, ports)  # refuses a config the proxies cannot use, before it is saved
     save_state(paths, state)
-    write_tables(paths, tables_for(state, ports))
+    write_tables(paths, tables)
 
 
 def apply(
@@ -136,10 +137,13 @@ def apply(
         result = state.apply_file(file)
     lines = [str(change) for change in result.changes]
     lines += [f"warning: {w}" for w in result.warnings]
-    save_state(paths, state)
+    # Everything that can refuse the config runs before anything is written: an error changes nothing.
     lines.append(f"egress policy for recipes: {describe(state)}")
-    if ports is not None:
-        lines += repush(paths, ports, state)
+    tables = tables_for(state, ports) if ports is not None else None
+    save_state(paths, state)
+    if ports is not None and tables:
+        write_tables(paths, tables)
+        lines += push(tables, ports, credential(paths))
     return lines
 
 

@@ -682,28 +682,5 @@ class Exchange:
             listener.reporter, source, destination, self.service, self.status, self.flags, security
         ).observe(duration, self.req_bytes, self.resp_bytes)
         if state.access_log is not None:
-            self._log(duration)
+            state.access_log.record(self, duration)
         self.down.exchange_finished(self)
-
-    def _log(self, duration: int) -> None:
-        """A line in the shape of Istio's default text access log."""
-        user_agent = b"-"
-        rid = self.request_id
-        for name, value in self.headers:
-            if name == b"user-agent":
-                user_agent = value
-            elif name == b"x-request-id":
-                rid = value
-        address = f"{self.address[0]}:{self.address[1]}" if self.address else "-"
-        protocol = "HTTP/1.0" if self.http10 else "HTTP/1.1"
-        line = (
-            f'[{time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())}Z] "{self.method.decode()} '
-            f'{self.url.decode("latin-1")} {protocol}" {self.status} {self.flags} '
-            f"{self.req_bytes} {self.resp_bytes} {duration} "
-            f'"{user_agent.decode("latin-1")}" "{rid.decode("latin-1")}" '
-            f'"{self.authority.decode("latin-1")}" "{address}" {self.decision_cluster or "-"} '
-            f"{self.listener.kind}\n"
-        )
-        state = self.state
-        state.access_log.write(line)
-        state.access_log.flush()

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localmesh.accesslog import AccessLog
 from localmesh.admin import Admin
 from localmesh.downstream import Downstream
 from localmesh.state import Listener, ProxyState, Timeouts
+from localmesh.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, max_passthrough_hosts
 from localmesh.upstream import Address
 
 GATEWAY = Listener("gateway", b"istio-envoy", http10=True)
@@ -136,6 +138,8 @@ class ProxyServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
         self.servers = []
+        if self.state.access_log is not None:
+            self.state.access_log.flush()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,7 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--access-log",
         metavar="PATH",
-        help="write an access log line per request to PATH ('-': stdout); off by default",
+        help="write an access log line per request to PATH ('-': stdout), in Istio's default text "
+        "format; off by default (the local stack turns it on, as Istio's demo profile does)",
+    )
+    parser.add_argument(
+        "--max-passthrough-hosts",
+        type=int,
+        metavar="N",
+        help="distinct PassthroughCluster/BlackHoleCluster destination_service values before new hosts "
+        f'are reported as "overflow" (0: no cap; default ${MAX_HOSTS_ENV} or '
+        f"{DEFAULT_MAX_PASSTHROUGH_HOSTS}); Istio has no such cap",
     )
     return parser
 
@@ -286,11 +299,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not admin_token:
             print(f"localmesh.proxy: --admin-token-file {args.admin_token_file} is empty", file=sys.stderr)
             return 2
+    cap = args.max_passthrough_hosts
+    if cap is not None and cap < 0:
+        parser.error("--max-passthrough-hosts must be 0 (no cap) or more")
+    if cap is None:
+        try:
+            cap = max_passthrough_hosts()
+        except ValueError as exc:
+            print(f"localmesh.proxy: {exc}", file=sys.stderr)
+            return 2
     access_log = None
     if args.access_log == "-":
-        access_log = sys.stdout
+        access_log = AccessLog(sys.stdout)
     elif args.access_log:
-        access_log = open(args.access_log, "a", encoding="utf-8")  # noqa: SIM115 (open for the process)
+        access_log = AccessLog(open(args.access_log, "a", encoding="utf-8"))  # noqa: SIM115 (open for the process)
     state = ProxyState(
         args.role,
         table,
@@ -305,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         access_log=access_log,
         offline=args.offline,
+        max_passthrough_hosts=cap,
     )
     server = ProxyServer(
         state, listeners, Endpoint("--admin", *args.admin), routes.RouteTable.from_json, admin_token

@@ -154,6 +154,13 @@ def urls(ports: Ports, with_prometheus: bool) -> dict[str, str]:
     return shown
 
 
+# Istio's demo profile sets meshConfig.accessLogFile: /dev/stdout: the proxies log each request in
+# Istio's text format to their stdout, which the supervisor keeps in logs/<child>.log.
+ACCESS_LOG = ("--access-log", "-")
+# The workload whose istio-proxy container each proxy child plays (`localmesh logs <workload>`).
+PROXY_CHILDREN = {"idgen": "sidecar", "istio-ingressgateway": "gateway"}
+
+
 def proxy_admins(ports: Ports) -> dict[str, str]:
     """Each proxy's admin URL, keyed by the route table it serves."""
     return {
@@ -234,6 +241,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 "--admin-token-file",
                 str(paths.admin_token),
                 *offline,
+                *ACCESS_LOG,
             ],
             f"http://{lo}:{ports.sidecar_admin}/ready",
             ports=[ports.sidecar_admin, ports.sidecar_inbound, ports.sidecar_outbound],
@@ -255,6 +263,7 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 "--admin-token-file",
                 str(paths.admin_token),
                 *offline,
+                *ACCESS_LOG,
             ],
             f"http://{lo}:{ports.gateway_admin}/ready",
             ports=[ports.gateway_admin, ports.gateway],

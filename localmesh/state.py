@@ -7,14 +7,14 @@ started with and the next request sees the new one.
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from localmesh.accesslog import AccessLog
 from localmesh.peer_metadata import Identity, PeerCache
 from localmesh.routes import Decision, Service, Workload
-from localmesh.telemetry import Telemetry
+from localmesh.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, Telemetry
 from localmesh.upstream import Address, Pool
 
 DecideOutbound = Callable[[Any, str, int, str], Decision]
@@ -89,9 +89,10 @@ class ProxyState:
         decide_ingress: DecideIngress | None = None,
         app: Address | None = None,
         timeouts: Timeouts | None = None,
-        access_log: io.TextIOBase | None = None,
+        access_log: AccessLog | None = None,
         validate: Callable[[Any], None] | None = None,
         offline: bool = False,
+        max_passthrough_hosts: int = DEFAULT_MAX_PASSTHROUGH_HOSTS,
     ) -> None:
         self.role = role
         self.kind = "router" if role == "gateway" else "sidecar"
@@ -101,7 +102,7 @@ class ProxyState:
         self.timeouts = timeouts or Timeouts()
         self.access_log = access_log
         self.validate = validate
-        self.telemetry = Telemetry()
+        self.telemetry = Telemetry(max_passthrough_hosts)
         self.pool = Pool(connect_timeout=self.timeouts.connect, offline=offline)
         self.peers = PeerCache()
         self.connections: set = set()

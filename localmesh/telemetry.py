@@ -12,14 +12,37 @@ duration is `requestComplete()` in whole milliseconds, and histograms use Envoy'
 Hot path: a series (one label set: the counter and three histograms of an HTTP edge, or the four
 TCP counters) is created once and then found with one dict lookup on a key of objects the proxy
 already holds. The label text is rendered once, when the series is created.
+
+A departure from Istio, on purpose: the number of distinct `destination_service` values of
+PassthroughCluster and BlackHoleCluster series is capped per proxy (default
+DEFAULT_MAX_PASSTHROUGH_HOSTS; LOCALMESH_MAX_PASSTHROUGH_HOSTS, 0 turns the cap off). Those values
+come from the request's Host, which the calling app chooses: without a cap, a flood of invented
+hosts grows the metrics page without bound (3,000 hosts made a 160 MB page that Prometheus could no
+longer scrape in time, blinding every egress series and alert). Istio and Envoy have no such cap.
+Past it, a new host is recorded as destination_service="overflow" (its other labels unchanged, so
+BlackHoleCluster traffic still fires EgressBlocked) and counted in localmesh_telemetry_overflow_total,
+which the EgressHostsOverflow alert watches. The overflow value follows OpenTelemetry's metrics SDK,
+which folds attribute sets beyond its cardinality limit into one overflow series
+(`otel.metric.overflow=true`); Istio's label set has no room for an extra label, so the value of the
+label that overflows says it instead.
 """
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from localmesh.routes import Service, Workload
+from localmesh.routes import BLACKHOLE, PASSTHROUGH, Service, Workload
+
+# Distinct passthrough/blackhole hosts a proxy names before it reports "overflow": far above what a
+# mesh's unregistered egress normally shows (this demo: 1), small enough that the metrics page stays
+# a few MB (each HTTP series is about 50 KB of exposition with its three histograms).
+DEFAULT_MAX_PASSTHROUGH_HOSTS = 100
+MAX_HOSTS_ENV = "LOCALMESH_MAX_PASSTHROUGH_HOSTS"
+OVERFLOW = "overflow"
+OVERFLOW_METRIC = "localmesh_telemetry_overflow_total"
+_HOST_KEYED = frozenset((PASSTHROUGH, BLACKHOLE))
 
 BUCKETS: tuple[float, ...] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
@@ -68,7 +91,23 @@ HELP = {
     "istio_tcp_connections_closed_total": "TCP connections closed.",
     "istio_tcp_received_bytes_total": "Bytes received from the downstream of a TCP connection.",
     "istio_tcp_sent_bytes_total": "Bytes sent to the downstream of a TCP connection.",
+    OVERFLOW_METRIC: 'Requests and connections recorded with destination_service="overflow" because '
+    "the proxy already names its maximum of distinct PassthroughCluster/BlackHoleCluster hosts "
+    f"({MAX_HOSTS_ENV}).",
 }
+
+
+def max_passthrough_hosts(env: Mapping[str, str] = os.environ) -> int:
+    """The cap from LOCALMESH_MAX_PASSTHROUGH_HOSTS (0: no cap); ValueError with the fix if invalid."""
+    value = env.get(MAX_HOSTS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_PASSTHROUGH_HOSTS
+    if not value.isdigit():
+        raise ValueError(
+            f"{MAX_HOSTS_ENV}={value!r} is not a whole number: give the maximum of distinct passthrough "
+            f"hosts per proxy (default {DEFAULT_MAX_PASSTHROUGH_HOSTS}), or 0 for no cap"
+        )
+    return int(value)
 
 
 def escape(value: str) -> str:
@@ -168,9 +207,24 @@ _LE = (*tuple(_format_bound(b) for b in BUCKETS), "+Inf")
 class Telemetry:
     """All series of one proxy process, and their Prometheus text exposition."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_passthrough_hosts: int = DEFAULT_MAX_PASSTHROUGH_HOSTS) -> None:
         self._http: dict[tuple, HttpSeries] = {}
         self._tcp: dict[tuple, TcpSeries] = {}
+        self.max_passthrough_hosts = max_passthrough_hosts
+        self._hosts: set[str] = set()
+        self._overflow: dict[tuple[str, str, str], int] = {}
+
+    def _capped(self, source: Workload, service: Service) -> Service:
+        """The service to record: itself, or its "overflow" stand-in for a passthrough or blackhole
+        host beyond the cap (counted). Called only when a new series would be created."""
+        if service.name not in _HOST_KEYED or not self.max_passthrough_hosts or service.host in self._hosts:
+            return service
+        if len(self._hosts) < self.max_passthrough_hosts:
+            self._hosts.add(service.host)
+            return service
+        key = (source.name, source.namespace, service.name)
+        self._overflow[key] = self._overflow.get(key, 0) + 1
+        return Service(OVERFLOW, service.name, service.namespace)
 
     def http(
         self,
@@ -187,6 +241,13 @@ class Telemetry:
         key = (reporter, source, destination, service, code, flags, security, protocol)
         series = self._http.get(key)
         if series is None:
+            capped = self._capped(source, service)
+            if capped is not service:
+                service = capped
+                key = (reporter, source, destination, service, code, flags, security, protocol)
+                series = self._http.get(key)
+                if series is not None:
+                    return series
             values = (*peer_values(reporter, source, destination, service, protocol), str(code))
             # grpc_response_status is "" for HTTP that is not gRPC (istio_stats: context_.empty_).
             values += ("", flags, security)
@@ -206,6 +267,13 @@ class Telemetry:
         key = (reporter, source, destination, service, flags, security)
         series = self._tcp.get(key)
         if series is None:
+            capped = self._capped(source, service)
+            if capped is not service:
+                service = capped
+                key = (reporter, source, destination, service, flags, security)
+                series = self._tcp.get(key)
+                if series is not None:
+                    return series
             values = (*peer_values(reporter, source, destination, service, "tcp"), flags, security)
             series = self._tcp[key] = TcpSeries(render_labels(TCP_LABELS, values))
         return series
@@ -228,6 +296,14 @@ class Telemetry:
             out.append(f"# HELP {name} {HELP[name]}")
             out.append(f"# TYPE {name} counter")
             out.extend(f"{name}{{{s.labels}}} {getattr(s, attr)}" for s in series_list)
+        if self._overflow:
+            out.append(f"# HELP {OVERFLOW_METRIC} {HELP[OVERFLOW_METRIC]}")
+            out.append(f"# TYPE {OVERFLOW_METRIC} counter")
+            names = ("source_workload", "source_workload_namespace", "destination_service_name")
+            out.extend(
+                f"{OVERFLOW_METRIC}{{{render_labels(names, key)}}} {count}"
+                for key, count in self._overflow.items()
+            )
         histograms = [
             ("istio_request_bytes", "request_bytes"),
             ("istio_request_duration_milliseconds", "duration"),

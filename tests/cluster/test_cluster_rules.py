@@ -47,13 +47,15 @@ def test_rule_names_and_alert_labels() -> None:
     assert "BlackHoleCluster" in rules["EgressBlocked"]["expr"]
     assert "PassthroughCluster" not in rules["EgressBlocked"]["expr"]
     assert "PassthroughCluster" in rules["EgressToUnregisteredHost"]["expr"]
+    # The local proxies' cap on distinct passthrough hosts (localmesh.telemetry) has its own alert.
+    assert "localmesh_telemetry_overflow_total" in rules["EgressHostsOverflow"]["expr"]
 
 
 @needs_promtool
 def test_promtool_check_rules() -> None:
     proc = promtool("check", "rules", RULES)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "SUCCESS: 4 rules found" in proc.stdout
+    assert "SUCCESS: 5 rules found" in proc.stdout
 
 
 @needs_promtool

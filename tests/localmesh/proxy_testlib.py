@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import uvloop
 
 from localmesh import routes
+from localmesh.accesslog import AccessLog
 from localmesh.config import load_kustomization, parse
 from localmesh.procs import free_port
 from localmesh.proxy import GATEWAY, INBOUND, OUTBOUND, Endpoint, ProxyServer
@@ -83,7 +84,7 @@ class BackgroundProxy:
             decide_ingress=routes.decide_ingress,
             app=app,
             timeouts=timeouts or Timeouts(),
-            access_log=access_log,
+            access_log=AccessLog(access_log) if access_log is not None else None,
         )
         self.server = ProxyServer(
             self.state,
@@ -388,6 +389,17 @@ def closed_by_peer(sock: Client, timeout: float = 5.0) -> bool:
 
 
 # --- metrics ------------------------------------------------------------------------------------
+
+# Istio's default text format (istio pilot/pkg/model/telemetry_logging.go EnvoyTextLogFormat), with the
+# values an Istio sidecar writes for each egress option.
+ISTIO_LINE = re.compile(
+    r'\[(?P<start>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] "(?P<request>[^"]*)" '
+    r"(?P<code>\d+) (?P<flags>\S+) "
+    r'(?P<details>\S+) - "-" (?P<received>\d+) (?P<sent>\d+) \d+ (?P<service_time>\S+) '
+    r'"(?P<xff>[^"]*)" "(?P<ua>[^"]*)" '
+    r'"(?P<rid>[^"]*)" "(?P<authority>[^"]*)" "(?P<upstream>[^"]*)" (?P<cluster>\S+) - '
+    r"(?P<local>\S+) (?P<remote>\S+) - (?P<route>\S+)"
+)
 
 _SERIES = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?P<labels>.*)\})? (?P<value>\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from proxy_testlib import (
+    ISTIO_LINE,
     App,
     BackgroundProxy,
     EchoServer,
@@ -534,20 +535,36 @@ def test_gateway_forwards_with_edge_headers(app):
     )
 
 
-def test_access_log_is_off_by_default_and_one_line_per_request_when_on(app, tmp_path):
+def test_access_log_is_off_by_default_and_one_istio_line_per_request_when_on(app, tmp_path):
     log = (tmp_path / "access.log").open("w+")
     with sidecar(app, access_log=log) as proxy:
         exchange(proxy.outbound_port, get("/ok", extra="User-Agent: tester\r\n"))
         exchange(proxy.outbound_port, get("/status/503"))
-    log.seek(0)
-    lines = log.read().splitlines()
-    assert len(lines) == 2
-    assert re.fullmatch(
-        r'\[\S+Z\] "GET http://httpbin.org/ok HTTP/1\.1" 200 - \d+ \d+ \d+ "tester" "[0-9a-f-]{36}" '
-        r'"httpbin.org" "127\.0\.0\.1:\d+" PassthroughCluster outbound',
-        lines[0],
-    )
-    assert '" 503 - ' in lines[1]
+        admin = proxy.admin_port
+        blackhole = tables("blackhole", {"httpbin.org:80": app.address})["idgen"]
+        assert http_post(admin, "/routes", blackhole.to_json().encode())[0] == 200
+        exchange(proxy.outbound_port, get("/uuid"))
+        entry = tables("serviceentry", {"httpbin.org:80": app.address})["idgen"]
+        assert http_post(admin, "/routes", entry.to_json().encode())[0] == 200
+        exchange(proxy.outbound_port, get("/uuid"))
+    log.seek(0)  # the proxy flushes its buffered lines when it stops
+    lines = [ISTIO_LINE.fullmatch(line) for line in log.read().splitlines()]
+    assert len(lines) == 4 and all(lines), lines
+    passthrough, failed, blocked, registered = (m.groupdict() for m in lines if m)
+    assert passthrough["request"] == "GET /ok HTTP/1.1"  # origin-form :path, as Envoy logs it
+    assert (passthrough["code"], passthrough["flags"], passthrough["details"]) == ("200", "-", "via_upstream")
+    assert (passthrough["ua"], passthrough["authority"]) == ("tester", "httpbin.org")
+    assert re.fullmatch(r"[0-9a-f-]{36}", passthrough["rid"])
+    assert passthrough["upstream"] == f"127.0.0.1:{app.address[1]}"
+    assert (passthrough["cluster"], passthrough["route"]) == ("PassthroughCluster", "allow_any")
+    assert passthrough["local"] == f"127.0.0.1:{proxy.outbound_port}"
+    assert failed["code"] == "503" and failed["cluster"] == "PassthroughCluster"
+    # A blackholed request: Istio's sidecar logs a direct response with no upstream from block_all.
+    assert (blocked["code"], blocked["flags"], blocked["details"]) == ("502", "-", "direct_response")
+    assert (blocked["upstream"], blocked["cluster"], blocked["route"]) == ("-", "-", "block_all")
+    assert (blocked["service_time"], blocked["received"], blocked["sent"]) == ("-", "0", "0")
+    assert re.fullmatch(r"[0-9a-f-]{36}", blocked["rid"])
+    assert (registered["cluster"], registered["route"]) == ("outbound|80||httpbin.org", "default")
     args = build_parser().parse_args(["--role", "gateway", "--routes", "r.json", "--admin", "127.0.0.1:1"])
     assert args.access_log is None  # no per-request logging unless asked
 
