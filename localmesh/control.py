@@ -75,7 +75,7 @@ def push(tables: dict[str, RouteTable], ports: Ports) -> list[str]:
         except OSError as err:
             raise PushError(
                 f"{name}'s proxy ({admin}) did not take the push: {err}. Is the stack healthy? "
-                f"Check `localmesh status`; the config is saved and is used when the stack starts."
+                f"Check `make status`; the config is saved and is used when the stack starts."
             ) from err
         lines.append(f"pushed to {name} (version {version})")
     return lines

@@ -337,8 +337,8 @@ def taken_ports(ports: Ports, with_prometheus: bool) -> list[str]:
         if port_in_use(port):
             problems.append(
                 f"port {port} ({name}) is already in use on {LOOPBACK}: stop what holds it "
-                f"(`ss -ltnp 'sport = :{port}'` shows it) or choose another with "
-                f"`--port {name}=NNNN` or LOCALMESH_PORT_{name.upper()}=NNNN"
+                f"(`ss -ltnp 'sport = :{port}'` shows it) or choose another: "
+                f"`LOCALMESH_PORT_{name.upper()}=NNNN make up` (or `--port {name}=NNNN` for localmesh up)"
             )
     return problems
 
