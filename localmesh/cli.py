@@ -27,8 +27,8 @@ from localmesh.stack import (
     plan,
     ports_from_env,
     prometheus_config,
-    read_state,
     proxy_admins,
+    read_state,
     taken_ports,
     urls,
 )
