@@ -116,7 +116,7 @@ def test_unparsed_fields_reports_drops_and_coercions() -> None:
 
 
 def test_serviceentry_is_designs_plus_export_to() -> None:
-    """DESIGN.md's ServiceEntry of option 3, exactly, plus exportTo and the option label."""
+    """The ServiceEntry of option 3 (docs/istio-facts.md), exactly, plus exportTo and the option label."""
     design = yaml.safe_load(
         """
 apiVersion: networking.istio.io/v1
@@ -143,13 +143,10 @@ spec:
     assert actual == design
 
 
-def test_design_md_still_gives_that_serviceentry() -> None:
-    """Where the shared DESIGN.md is beside the repository (sessions, CI), its YAML is the one above."""
-    design_md = ROOT.parent / "shared" / "DESIGN.md"
-    if not design_md.exists():
-        pytest.skip(f"{design_md} is not here (it lives beside the repository, not in it)")
-    text = design_md.read_text()
-    block = text.split("## The ServiceEntry of option 3", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+def test_istio_facts_doc_gives_that_serviceentry() -> None:
+    """docs/istio-facts.md shows the ServiceEntry of option 3: the manifest's, minus label and exportTo."""
+    text = (ROOT / "docs" / "istio-facts.md").read_text()
+    block = text.split("The ServiceEntry of option 3", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     (actual,) = load_documents(
         MANIFESTS / "components" / "serviceentry-httpbin" / "serviceentry-httpbin.yaml"
     )
