@@ -271,7 +271,11 @@ def test_load_targets_use_the_stack(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_closed_pipe_is_silent(stack: Stack) -> None:
-    for pipeline in ("make status | true", ".venv/bin/localmesh status | true", "make status | head -1"):
+    pipelines = ("make status | true", ".venv/bin/localmesh status | true", "make status | head -1")
+    assert stack.create_recipe().status_code in (201, 502)  # something for the report to show
+    proxies = f"{stack.url('gateway_admin')} {stack.url('sidecar_admin')}"
+    report = f".venv/bin/egresswatch report --proxies {proxies} --since-start --show-queries | true"
+    for pipeline in (*pipelines, report):
         done = subprocess.run(
             ["bash", "-c", pipeline], cwd=ROOT, env=stack.env, capture_output=True, text=True, check=False
         )
