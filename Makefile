@@ -29,6 +29,7 @@ help: ## list the targets
 	    for (i = 1; i <= n; i++) printf "%-26s%s\n", names[i], $$2 }' $(MAKEFILE_LIST)
 
 setup: $(READY) ## create .venv and .venv-httpbin (idempotent)
+	@echo "setup: done: $(VENV) and $(HTTPBIN_VENV) are ready" >&2
 
 # Setup prints one progress line per step on stderr (stdout stays the target's own output, e.g.
 # `make suggest > se.yaml` on a fresh clone).
@@ -52,7 +53,6 @@ $(HTTPBIN_VENV)/.ready: httpbin_standin/requirements.txt httpbin_standin/constra
 	@test -x $(HTTPBIN_VENV)/bin/python || $(PYTHON) -m venv $(HTTPBIN_VENV)
 	@$(HTTPBIN_VENV)/bin/$(PIP) -r httpbin_standin/requirements.txt -c httpbin_standin/constraints.txt
 	@touch $@
-	@echo "setup: done" >&2
 
 test: $(READY) ## run the whole test suite
 	$(BIN)/pytest
