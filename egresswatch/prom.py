@@ -13,7 +13,7 @@ from egresswatch.exposition import Snapshot, metrics_url
 
 # What to do when Prometheus does not answer; shared by every command's error message.
 UNREACHABLE_FIX = (
-    "No Prometheus runs there. Locally, `make up` starts the mesh (with Prometheus when it is installed: "
+    "Locally, `make up` starts the mesh (with Prometheus when it is installed: "
     "apt-get install prometheus), and the make targets then find it, or read the proxies when it runs "
     "none; `make status` shows what runs. Or name a running Prometheus: PROMETHEUS=URL with make, "
     "--prometheus URL otherwise (on a cluster: "

@@ -56,8 +56,9 @@ lockdown-check: $(READY) ## exit 0 if REGISTRY_ONLY would have broken nothing se
 ifeq ($(MAKECMDGOALS)$(findstring n,$(firstword -$(MAKEFLAGS)))$(wildcard $(READY)),lockdown-check$(READY))
 LOCKDOWN_TEXT := $(shell mktemp)
 LOCKDOWN_EXIT := $(shell $(LOCKDOWN_CHECK) > $(LOCKDOWN_TEXT); echo $$?)
-$(info $(file <$(LOCKDOWN_TEXT)))
+LOCKDOWN_STDOUT := $(file <$(LOCKDOWN_TEXT))
 $(shell rm -f $(LOCKDOWN_TEXT))
+$(if $(LOCKDOWN_STDOUT),$(info $(LOCKDOWN_STDOUT)))
 ifeq ($(LOCKDOWN_EXIT),1)
 MAKEFLAGS += -q
 else ifneq ($(LOCKDOWN_EXIT),0)
