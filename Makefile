@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 HTTPBIN_VENV := .venv-httpbin
 READY := $(VENV)/.ready $(HTTPBIN_VENV)/.ready
 PIP := pip install --quiet --disable-pip-version-check
+# One URL of the running local stack, from its state file (so moved ports are followed), e.g.
+# `$(STACK_ENDPOINT) site`; exit 3 when no stack runs, 4 when it runs no such endpoint (Prometheus).
+STACK_ENDPOINT := $(BIN)/localmesh status --endpoint
 HOST ?= 127.0.0.1
 PORT ?= 8080
 export HOST PORT
@@ -17,28 +20,39 @@ TARGET ?= local
 N ?= 10
 OPTIONS := passthrough blackhole serviceentry
 
-.PHONY: help setup test lint run-idgen run-frontend run-httpbin clean up down status demo \
+.PHONY: help setup test lint run-idgen run-frontend run-httpbin clean up down status apply delete logs demo \
         $(addprefix demo-,$(OPTIONS))
 
+# Every rule whose line carries a `## ` comment, one line per target name (a rule may name several).
 help: ## list the targets
-	@awk -F ':.*## ' '/^[a-z0-9%-]+:.*## / { printf "%-24s%s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk -F ':.*## ' '/^[a-z0-9 -]+:.*## / { n = split($$1, names, " "); \
+	    for (i = 1; i <= n; i++) printf "%-26s%s\n", names[i], $$2 }' $(MAKEFILE_LIST)
 
 setup: $(READY) ## create .venv and .venv-httpbin (idempotent)
+	@echo "setup: done: $(VENV) and $(HTTPBIN_VENV) are ready" >&2
+
+# Setup prints one progress line per step on stderr (stdout stays the target's own output, e.g.
+# `make suggest > se.yaml` on a fresh clone).
+step = @echo "setup: step $(1)/4: $(2)" >&2
 
 $(VENV)/.ready: requirements-dev.txt constraints.txt idgen/requirements.txt frontend/requirements.txt \
                 localmesh/requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "make setup: Python 3.11 or newer is needed; $(PYTHON) is " + sys.version.split()[0] + ". Run: make setup PYTHON=python3.12")'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/$(PIP) -r requirements-dev.txt -c constraints.txt
-	$(BIN)/$(PIP) --no-deps -e .
-	touch $@
+	$(call step,1,create $(VENV) with $(PYTHON))
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(call step,2,install the pinned packages into $(VENV) (the longest step))
+	@$(BIN)/$(PIP) -r requirements-dev.txt -c constraints.txt
+	$(call step,3,install this project into $(VENV) (editable))
+	@$(BIN)/$(PIP) --no-deps -e .
+	@touch $@
 
 # httpbin.org's local stand-in lives in its own environment: it plays another machine, and its
 # greenlet<3 pin clashes with locust's gevent.
 $(HTTPBIN_VENV)/.ready: httpbin_standin/requirements.txt httpbin_standin/constraints.txt
-	test -x $(HTTPBIN_VENV)/bin/python || $(PYTHON) -m venv $(HTTPBIN_VENV)
-	$(HTTPBIN_VENV)/bin/$(PIP) -r httpbin_standin/requirements.txt -c httpbin_standin/constraints.txt
-	touch $@
+	$(call step,4,create $(HTTPBIN_VENV) for the local stand-in of httpbin.org)
+	@test -x $(HTTPBIN_VENV)/bin/python || $(PYTHON) -m venv $(HTTPBIN_VENV)
+	@$(HTTPBIN_VENV)/bin/$(PIP) -r httpbin_standin/requirements.txt -c httpbin_standin/constraints.txt
+	@touch $@
 
 test: $(READY) ## run the whole test suite
 	$(BIN)/pytest
@@ -59,13 +73,25 @@ run-httpbin: $(READY) ## the local stand-in for httpbin.org alone on $HOST:$PORT
 	exec $(HTTPBIN_VENV)/bin/gunicorn --bind $(HOST):$(PORT) --workers 2 --access-logfile - httpbin:app
 
 up: $(READY) ## start the local mesh in the background; prints one `name: url` line per endpoint
-	$(BIN)/localmesh up
+	@$(BIN)/localmesh up
 
 down: $(READY) ## stop every process of the local mesh
-	$(BIN)/localmesh down
+	@$(BIN)/localmesh down
 
 status: $(READY) ## what runs, where, and which egress option is applied
-	$(BIN)/localmesh status
+	@$(BIN)/localmesh status
+
+# What `make apply` pushes: an option's overlay, a kustomize directory or one file (as -k / -f).
+APPLY_ARGS = $(strip $(if $(OPTION),$(if $(filter $(OPTION),$(OPTIONS)),-k manifests/overlays/$(OPTION),\
+    $(error make apply: OPTION=$(OPTION) is not an egress option; choose one of: $(OPTIONS))),\
+    $(if $(K),-k $(K),$(if $(F),-f $(F),\
+    $(error make apply: say what to apply: OPTION=passthrough|blackhole|serviceentry, K=DIR or F=FILE)))))
+
+apply: $(READY) ## push to the running mesh, as istiod would: OPTION=<option>, K=DIR (kustomize) or F=FILE
+	@$(BIN)/localmesh apply $(APPLY_ARGS)
+
+delete: $(READY) ## remove the objects of F=FILE from the mesh and push (kubectl delete -f)
+	@$(BIN)/localmesh delete -f $(or $(F),$(error make delete: name the file: make delete F=FILE))
 
 logs: $(READY) ## idgen's sidecar log: an access log line per request, Istio's format (WORKLOAD=istio-ingressgateway)
 	@$(BIN)/localmesh logs $(or $(WORKLOAD),idgen)
@@ -74,14 +100,15 @@ demo: $(READY) ## the three egress options in order, with metrics and a verdict 
 ifeq ($(TARGET),cluster)
 	$(MAKE) cluster-demo
 else
-	$(BIN)/python -m localmesh.demo -n $(N)
+	@$(BIN)/python -m localmesh.demo -n $(N)
 endif
 
-demo-%: $(READY) ## one option (passthrough, blackhole, serviceentry) on the running stack, starting it if needed
+# Named one by one: GNU make never applies a plain pattern rule (demo-%) to a .PHONY target.
+demo-passthrough demo-blackhole demo-serviceentry: demo-%: $(READY) ## that one egress option on the running stack, starting it if needed
 ifeq ($(TARGET),cluster)
 	$(MAKE) cluster-demo-$*
 else
-	$(BIN)/python -m localmesh.demo --keep -n $(N) $*
+	@$(BIN)/python -m localmesh.demo --keep -n $(N) $*
 endif
 
 include mk/cluster.mk mk/egresswatch.mk mk/load.mk

@@ -14,7 +14,7 @@ Each process's CPU per request shows where the time goes. --variant starts extra
 settings (e.g. `--variant idgen-4x4:GUNICORN_WORKERS=4,GUNICORN_THREADS=4`) and measures them the same
 way, for before/after comparisons of worker settings in one run.
 
-Target (issue 5, never asserted): >= 300 creations/s with p99 < 100 ms on a 2-core machine.
+Target (never asserted): >= 300 creations/s with p99 < 100 ms on a 2-core machine.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
   (200 <-> 502 egress_blocked). Also in-process (control.apply: config, tables, push), which leaves
   out the interpreter's start. Baseline: the same command applying the overlay already in force.
 
-Targets (issue 5, never asserted): make demo < 30 s; apply propagation < 1 s.
+Targets (never asserted): make demo < 30 s; apply propagation < 1 s.
 """
 
 from __future__ import annotations

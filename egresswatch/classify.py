@@ -1,6 +1,6 @@
 """What kind of destination a series names, from its destination labels alone.
 
-Istio's source-reported labels tell the cases apart (DESIGN.md, "Facts from Istio"):
+Istio's source-reported labels tell the cases apart (docs/istio-facts.md):
 - PassthroughCluster / BlackHoleCluster: destination_service_name is the cluster's name, and
   destination_service is the request's Host (HTTP) or "unknown" (TCP/TLS: the host is not visible).
 - a ServiceEntry host: destination_service_name equals the host, which is not a Kubernetes

@@ -241,7 +241,9 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, so a closed pipe (`make report | head -1`) is caught below
+        return code
     except EgressWatchError as err:
         if getattr(args, "json", False):
             print(
@@ -252,4 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"egresswatch {args.command}: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
+        print(f"\negresswatch {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader has gone: drop what is still buffered, so the exit does not fail on it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -134,7 +134,7 @@ def scrape(urls: Sequence[str], wanted: Iterable[str], timeout: float = 5.0) -> 
         except requests.RequestException as err:
             raise SourceUnreachable(
                 f"Cannot read proxy metrics at {url} ({type(err).__name__}). Is the local stack up? "
-                f"Run `make up`, or check the proxy's admin port (`localmesh status` lists them)."
+                f"Run `make up`, or check the proxy's admin port (`make status` lists them)."
             ) from err
         if resp.status_code != 200:
             raise SourceUnreachable(f"Proxy metrics at {url} answered HTTP {resp.status_code}, not 200.")

@@ -88,7 +88,8 @@ def render(v: Verdict) -> str:
                 f"{what}{sent}"
             )
         lines.append(
-            "Fix: register the hosts first (`egresswatch suggest` writes the ServiceEntries), then lock down."
+            "Fix: register the hosts first (`make suggest > se.yaml` writes the ServiceEntries; review "
+            "it, then `make apply F=se.yaml`, or kubectl apply -f se.yaml on a cluster), then lock down."
         )
     for r in v.covered:
         lines.append(

@@ -13,8 +13,10 @@ from egresswatch.exposition import Snapshot, metrics_url
 
 # What to do when Prometheus does not answer; shared by every command's error message.
 UNREACHABLE_FIX = (
-    "Is the stack up? Run `make up` (the local mesh starts Prometheus on 127.0.0.1:9090), or pass "
-    "--prometheus with the URL of a running Prometheus (on a cluster: "
+    "Locally, `make up` starts the mesh (with Prometheus when it is installed: "
+    "apt-get install prometheus), and the make targets then find it, or read the proxies when it runs "
+    "none; `make status` shows what runs. Or name a running Prometheus: PROMETHEUS=URL with make, "
+    "--prometheus URL otherwise (on a cluster: "
     "`kubectl -n istio-system port-forward svc/prometheus 9090:9090`)."
 )
 

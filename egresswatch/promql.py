@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from egresswatch.errors import UsageError
 
-# Istio's metric names (istio/proxy istio_stats; DESIGN.md lists them).
+# Istio's metric names (istio/proxy istio_stats; docs/istio-facts.md lists them).
 REQUESTS = "istio_requests_total"
 TCP_OPENED = "istio_tcp_connections_opened_total"
 TCP_SENT = "istio_tcp_sent_bytes_total"

@@ -41,7 +41,7 @@ TCP_BY = (
 HIDDEN_HOST_NOTE = (
     'TLS passthrough hides the host: destination_service="unknown" means the sidecar forwarded an '
     "encrypted stream (e.g. HTTPS on 443) without seeing a Host header, so the metrics cannot say where it "
-    "went. `egresswatch suggest` says how to find out."
+    "went. `make suggest` says how to find out."
 )
 
 

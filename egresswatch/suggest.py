@@ -175,9 +175,8 @@ def render_yaml(s: Suggestions) -> str:
     """All suggestions as one multi-document YAML; what cannot be suggested stays in comments."""
     parts = [
         f"# egresswatch suggest: ServiceEntries for hosts reached through PassthroughCluster ({s.where}).\n"
-        "# Review, then apply: kubectl apply -f FILE (cluster), or add the file to a kustomize\n"
-        "# component and run localmesh apply -k DIR (local mesh). Under REGISTRY_ONLY these hosts then\n"
-        "# stay reachable.\n"
+        "# Review, then apply: kubectl apply -f FILE (cluster), or make apply F=FILE (local mesh, in\n"
+        "# the bundle's folder). Under REGISTRY_ONLY these hosts then stay reachable.\n"
     ]
     if not s.service_entries:
         parts.append("# Nothing to register: no HTTP host went through PassthroughCluster in the window.\n")

@@ -46,7 +46,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return _no_store(jsonify(id=fetched.id)), 200
 
     # Probes never call the upstream: a blocked egress must not make the pod unready, or users
-    # would see the gateway's "no healthy upstream" instead of the lesson (issue 2).
+    # would see the gateway's "no healthy upstream" instead of the lesson.
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}

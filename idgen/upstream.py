@@ -1,7 +1,7 @@
 """One call to the UUID API (httpbin's /uuid shape), with every way it can go wrong given a name.
 
-The error codes and statuses are idgen's contract with the frontend (see /tmp/contracts.md and
-DESIGN.md): egress_blocked 502, upstream_error 502, bad_upstream_response 502,
+The error codes and statuses are idgen's contract with the frontend (frontend/recipesite/idgen_client.py
+reads them): egress_blocked 502, upstream_error 502, bad_upstream_response 502,
 upstream_unreachable 503, upstream_timeout 504.
 """
 

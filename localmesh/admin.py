@@ -133,7 +133,10 @@ class Admin(asyncio.Protocol):
 
     def _authorized(self) -> bool:
         """True when the push carries the stack's credential; otherwise answer 401 or 403."""
-        fix = "config is pushed with `localmesh apply`, which sends the stack's credential"
+        fix = (
+            "config is pushed with `make apply` (`.venv/bin/localmesh apply`), "
+            "which sends the stack's credential"
+        )
         if self.token is None:
             self._json(
                 403, {"error": f"this proxy takes no route push (started without --admin-token-file); {fix}"}

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from localmesh import control
@@ -30,6 +31,7 @@ from localmesh.stack import (
     plan,
     ports_from_env,
     prometheus_config,
+    proxy_admins,
     read_state,
     taken_ports,
     urls,
@@ -142,7 +144,7 @@ def cmd_supervise(args: argparse.Namespace, paths: Paths) -> int:
     """Internal: the detached supervisor that `up` starts."""
     state = read_state(paths)
     if state is None:
-        print("localmesh supervise: no state.json; use `localmesh up`", file=sys.stderr)
+        print("localmesh supervise: no state.json; use `make up`", file=sys.stderr)
         return 2
     state.supervisor_pid = os.getpid()
     state.write(paths)
@@ -183,7 +185,48 @@ def cmd_down(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+# `localmesh status --endpoint NAME`: the names, and the key of `urls()` each one prints.
+ENDPOINTS = {
+    "site": "site",
+    "gateway": "gateway",
+    "idgen": "idgen",
+    "httpbin": "httpbin.org (local stand-in)",
+    "gateway-metrics": "gateway metrics",
+    "sidecar-metrics": "idgen sidecar metrics",
+    "prometheus": "prometheus",
+    "console": "console",
+}
+
+
+def endpoint(state: StackState, name: str) -> str | None:
+    """One endpoint of a running stack ("proxies": both proxies' admin URLs); None if it runs none."""
+    if name == "proxies":
+        return " ".join(proxy_admins(state.ports).values())
+    return urls(state.ports, state.prometheus).get(ENDPOINTS[name])
+
+
+def cmd_endpoint(name: str, paths: Paths) -> int:
+    """Print one endpoint of the running stack, for the make targets (exit 3: not running, 4: none)."""
+    state = running_state(paths)
+    if state is None:
+        print("localmesh: not running (start it with `make up`)", file=sys.stderr)
+        return 3
+    url = endpoint(state, name)
+    if url is None:
+        print(
+            "localmesh: this stack runs no Prometheus (it is not installed, or LOCALMESH_PROMETHEUS=off). "
+            "To get one: apt-get install prometheus (or brew install prometheus), then `make down` and "
+            "`make up`.",
+            file=sys.stderr,
+        )
+        return 4
+    print(url)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
+    if args.endpoint:
+        return cmd_endpoint(args.endpoint, paths)
     state = read_state(paths)
     if state is None or not (state.supervisor_pid and pid_alive(state.supervisor_pid)):
         print("localmesh: not running" + (f" (last phase: {state.phase}: {state.message})" if state else ""))
@@ -203,7 +246,7 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
             drift = True
             print(f"  config: {proxy} runs {runs}, applied is {applied}: DRIFT")
     if drift:
-        print("  a proxy does not run the applied config: `localmesh push` pushes it again")
+        print("  a proxy does not run the applied config: `.venv/bin/localmesh push` pushes it again")
     print_urls(state)
     return 0 if state.phase == "ready" and not drift else 1
 
@@ -211,7 +254,7 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
 def cmd_push(args: argparse.Namespace, paths: Paths) -> int:
     state = running_state(paths)
     if state is None:
-        print("localmesh push: the stack is not running; `localmesh up` starts it with the applied config")
+        print("localmesh push: the stack is not running; `make up` starts it with the applied config")
         return 3
     try:
         lines = control.repush(paths, state.ports)
@@ -242,7 +285,7 @@ def cmd_apply(args: argparse.Namespace, paths: Paths) -> int:
     for line in report:
         print(line)
     if state is None:
-        print("localmesh: the stack is not running; the config is saved and takes effect at `localmesh up`")
+        print("localmesh: the stack is not running; the config is saved and takes effect at `make up`")
     return 0
 
 
@@ -256,7 +299,7 @@ def cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
     log = paths.logs / f"{child}.log"
     if not log.is_file():
         print(
-            f"localmesh logs: no log yet ({log}); start the stack first (`make up` or `localmesh up`)",
+            f"localmesh logs: no log yet ({log}); start the stack first (`make up`)",
             file=sys.stderr,
         )
         return 1
@@ -307,7 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="overlay to start with when no config was applied yet (default: passthrough)",
     )
     sub.add_parser("down", help="stop every process of the stack")
-    sub.add_parser("status", help="say what runs, where, and which egress option is applied")
+    status = sub.add_parser("status", help="say what runs, where, and which egress option is applied")
+    status.add_argument(
+        "--endpoint",
+        choices=[*ENDPOINTS, "proxies"],
+        help="print only this URL of the running stack (proxies: both proxies' admin URLs); exit 3 "
+        "when the stack is not running, 4 when it runs no such endpoint (Prometheus)",
+    )
     apply = sub.add_parser("apply", help="apply manifests and push them to the running proxies (like istiod)")
     which = apply.add_mutually_exclusive_group(required=True)
     which.add_argument(
@@ -349,7 +398,23 @@ COMMANDS = {
 }
 
 
+def quiet_interrupts(prog: str, run: Callable[[], int]) -> int:
+    """Run a command line's body: Ctrl-C ends it with one line and exit 130; a closed pipe
+    (`localmesh status | head -1`) ends it silently, as for any Unix tool."""
+    try:
+        code = run()
+        sys.stdout.flush()
+        return code
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader has gone: drop what is still buffered, so the exit does not fail on it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths = Paths(args.state_dir or default_state_dir())
-    return COMMANDS[args.command](args, paths)
+    return quiet_interrupts(f"localmesh {args.command}", lambda: COMMANDS[args.command](args, paths))

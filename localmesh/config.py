@@ -922,7 +922,7 @@ def _parse_sidecar(r: _Reader) -> SidecarConfig:
         ("workloadSelector", "outboundTrafficPolicy"),
         {
             "egress": "every ServiceEntry exported to this namespace stays visible (no host import lists)",
-            "ingress": "the sidecar's inbound listener is the one `localmesh up` starts",
+            "ingress": "the sidecar's inbound listener is the one `make up` starts",
             "inboundConnectionPool": "ignored",
         },
     )

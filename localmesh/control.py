@@ -49,7 +49,7 @@ def credential(paths: Paths) -> str:
     except OSError as err:
         raise PushError(
             f"cannot read the stack's push credential {paths.admin_token} ({err.strerror or err}); "
-            "restart the stack (`localmesh down`, then `localmesh up`) to make a new one"
+            "restart the stack (`make down`, then `make up`) to make a new one"
         ) from err
 
 
@@ -102,7 +102,7 @@ def push(tables: dict[str, RouteTable], ports: Ports, token: str) -> list[str]:
         except OSError as err:
             raise PushError(
                 f"{name}'s proxy ({admin}) did not take the push: {err}. Is the stack healthy? "
-                f"Check `localmesh status`; the config is saved and is used when the stack starts."
+                f"Check `make status`; the config is saved and is used when the stack starts."
             ) from err
         lines.append(f"pushed to {name} (version {version})")
     return lines

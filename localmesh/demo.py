@@ -2,13 +2,16 @@
 
 For each option: apply its overlay (pushed live, as istiod would), create N recipes through the
 site over real HTTP, then print what the site saw, what the metrics say (from Prometheus when it
-runs, else straight from the proxies, and it says which), and a verdict against DESIGN.md's table.
-Exits 1 if any option behaves differently from that table.
+runs, else straight from the proxies, and it says which), and a verdict against the table of
+docs/istio-facts.md ("The three egress options"). Exits 1 if any option behaves differently.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import sys
 import time
 from collections import Counter
@@ -127,7 +130,7 @@ def egress_growth(before: Snapshot, after: Snapshot) -> dict[Series, float]:
 
 
 def verdict(exp: Expectation, n: int, site: SiteOutcome, grown: Mapping[Series, float]) -> list[str]:
-    """Every way this step differs from DESIGN.md's table; empty when it matches."""
+    """Every way this step differs from what Istio does (localmesh.expected); empty when it matches."""
     problems = []
     if site.statuses != Counter({exp.site_status: n}):
         problems.append(f"the site answered {dict(site.statuses)}, expected {exp.site_status} for all {n}")
@@ -152,7 +155,7 @@ def run_option(option: str, n: int, state: StackState, paths: Paths, counters: C
     number = OPTIONS.index(option) + 1
     print(f"\n=== Option {number}: {option}: {exp.summary}")
     overlay = ROOT / "manifests" / "overlays" / option
-    print(f"$ localmesh apply -k manifests/overlays/{option}")
+    print(f"$ .venv/bin/localmesh apply -k manifests/overlays/{option}")
     for line in control.apply(paths, kustomize=overlay, file=None, ports=state.ports):
         if "unchanged" not in line:
             print(f"    {line}")
@@ -177,11 +180,18 @@ def run_option(option: str, n: int, state: StackState, paths: Paths, counters: C
     grown = egress_growth(before, after)
     problems = verdict(exp, n, site, grown)
     if problems:
-        print(f"Verdict: MISMATCH with DESIGN.md for {option}: " + "; ".join(problems))
+        print(f"Verdict: {paint('MISMATCH')} with Istio for {option}: " + "; ".join(problems))
         return False
     series = ", ".join(f"{k}={v}" for k, v in exp.series.items() if k != "destination_service")
-    print(f"Verdict: OK: {option} behaves as on a real mesh ({series}).")
+    print(f"Verdict: {paint('OK')}: {option} behaves as on a real mesh ({series}).")
     return True
+
+
+def paint(word: str) -> str:
+    """OK in green, anything else in red, on a terminal only and unless NO_COLOR is set (no-color.org)."""
+    if os.environ.get("NO_COLOR") or not sys.stdout.isatty():
+        return word
+    return f"\033[{32 if word == 'OK' else 31}m{word}\033[0m"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,24 +223,29 @@ def main(argv: list[str] | None = None) -> int:
             return code
     state = cli.running_state(paths)
     if state is None or state.phase != "ready":
-        print("demo: the local mesh is not ready; see `localmesh status`", file=sys.stderr)
+        print("demo: the local mesh is not ready; see `make status`", file=sys.stderr)
         return 1
+    stop = started_here and not args.keep
     try:
         counters = Counters(state)
         results = {option: run_option(option, args.n, state, paths, counters) for option in args.options}
+    except KeyboardInterrupt:
+        left = "stopping the local mesh it started" if stop else "the local mesh keeps running (make down)"
+        print(f"\ndemo: interrupted (Ctrl-C); {left}.", file=sys.stderr)
+        return 130
     finally:
-        if started_here and not args.keep:
-            print()
-            cli.main(["--state-dir", str(paths.state_dir), "down"])
+        if stop:
+            with contextlib.redirect_stdout(io.StringIO()):
+                cli.main(["--state-dir", str(paths.state_dir), "down"])
     print()
     for option, ok in results.items():
-        print(f"  {option:<13} {'OK' if ok else 'MISMATCH'}")
+        print(f"  {option:<13} {paint('OK' if ok else 'MISMATCH')}")
     if all(results.values()):
-        print("All options behave as DESIGN.md says.")
+        print("All options behave as on a real Istio mesh (docs/istio-facts.md lists what was checked).")
         return 0
-    print("Some options differ from DESIGN.md (see above).", file=sys.stderr)
+    print("Some options differ from Istio's behaviour (see above).", file=sys.stderr)
     return 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.quiet_interrupts("demo", main))

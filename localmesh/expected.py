@@ -1,4 +1,5 @@
-"""What each egress option must show: DESIGN.md's table, as data the demo and the tests check against.
+"""What each egress option must show: docs/istio-facts.md's table, as data the demo and the tests
+check against.
 
 For each option: what the recipe site answers when a recipe is created, and the one
 istio_requests_total series (reporter="source", source_workload="idgen") that idgen's calls to

@@ -573,7 +573,8 @@ def _decide_outbound(table: RouteTable, host: str, port: int, protocol: str) -> 
     if isinstance(route, ServiceEntryRoute) and not (protocol == "http" and route.protocol in _TLS_PROTOCOLS):
         target = route.endpoints[0] if route.endpoints else (name, port)
         wire = "http" if protocol == "http" and route.protocol in _HTTP_PROTOCOLS else "tcp"
-        # destination_service(_name) is the entry's host; its namespace the ServiceEntry's (DESIGN.md Facts).
+        # destination_service(_name) is the entry's host; its namespace the ServiceEntry's
+        # (docs/istio-facts.md).
         return Decision(
             cluster_name(route.host, port),
             Service(route.host, route.host, route.namespace),

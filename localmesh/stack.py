@@ -366,7 +366,9 @@ def listening_ports(ports: Ports, with_prometheus: bool) -> dict[str, int]:
 
 
 def _move_hint(name: str) -> str:
-    return f"`localmesh up --port {name}=NNNN`, or LOCALMESH_PORT_{name.upper()}=NNNN before `make up`"
+    return (
+        f"`.venv/bin/localmesh up --port {name}=NNNN`, or LOCALMESH_PORT_{name.upper()}=NNNN before `make up`"
+    )
 
 
 def duplicate_ports(ports: Ports, with_prometheus: bool) -> list[str]:

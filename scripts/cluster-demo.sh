@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One demo step on the cluster: switch the recipes namespace to an egress option, wait until the mesh
 # behaves that way, drive traffic through the ingress gateway, then print the egress report and a verdict
-# checked against the metric series the option must grow (docs/cluster.md's table).
+# checked against the metric series docs/istio-facts.md gives for the option.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "${BASH_SOURCE[0]%/*}/lib.sh"
@@ -51,7 +51,7 @@ OPTIONS="passthrough blackhole serviceentry"
 require_tools kubectl istioctl curl jq awk
 [[ $DRY_RUN == 1 ]] || require_python
 
-# The series each option must grow (docs/cluster.md's table; reporter="source", source_workload="idgen").
+# The series each option must grow: docs/istio-facts.md's table (reporter="source", source_workload="idgen").
 series() {
 	local sel='reporter="source",source_workload="idgen",source_workload_namespace="recipes",destination_service="httpbin.org"'
 	case $1 in

@@ -1,4 +1,4 @@
-"""Istio's standard metric labels in the proxy's order, written out from DESIGN.md (istio/proxy
+"""Istio's standard metric labels in the proxy's order, written out from docs/istio-facts.md (istio/proxy
 istio_stats), and the bundle's workloads as those labels name them: the tests' own copy, so they
 check the code instead of trusting its constants."""
 

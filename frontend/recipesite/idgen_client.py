@@ -22,7 +22,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 SERVICEENTRY_HINT = (
     "To allow it, register httpbin.org in the mesh with a ServiceEntry (option 3): apply the overlay "
-    "manifests/overlays/serviceentry (locally: localmesh apply -k manifests/overlays/serviceentry; "
+    "manifests/overlays/serviceentry (locally, in the bundle's folder: make apply OPTION=serviceentry; "
     "on a cluster: kubectl apply -k manifests/overlays/serviceentry)."
 )
 

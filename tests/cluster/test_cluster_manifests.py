@@ -118,7 +118,7 @@ def test_unparsed_fields_reports_drops_and_coercions() -> None:
 
 
 def test_serviceentry_is_designs_plus_export_to() -> None:
-    """The ServiceEntry of option 3 as docs/cluster.md describes it, plus exportTo and the option label."""
+    """The ServiceEntry of option 3 (docs/istio-facts.md), exactly, plus exportTo and the option label."""
     design = yaml.safe_load(
         """
 apiVersion: networking.istio.io/v1
@@ -143,6 +143,17 @@ spec:
     assert actual["metadata"].pop("labels") == {"egress-lab/option-resource": "true"}
     assert actual["spec"].pop("exportTo") == ["."]
     assert actual == design
+
+
+def test_istio_facts_doc_gives_that_serviceentry() -> None:
+    """docs/istio-facts.md shows the ServiceEntry of option 3: the manifest's, minus label and exportTo."""
+    text = (ROOT / "docs" / "istio-facts.md").read_text()
+    block = text.split("The ServiceEntry of option 3", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    (actual,) = load_documents(
+        MANIFESTS / "components" / "serviceentry-httpbin" / "serviceentry-httpbin.yaml"
+    )
+    del actual["metadata"]["labels"], actual["spec"]["exportTo"]
+    assert yaml.safe_load(block) == actual
 
 
 def test_deployment_hardening() -> None:

@@ -1,5 +1,5 @@
-"""Istio-shaped series for the tests: the label set in the proxy's order (DESIGN.md), identities of the
-bundle's workloads, and the three egress options' series as each proxy would export them.
+"""Istio-shaped series for the tests: the label set in the proxy's order (docs/istio-facts.md),
+identities of the bundle's workloads, and the three egress options' series as each proxy would export them.
 
 A `Series` grows linearly with time (integer counter = floor(rate x seconds since the proxy started)),
 so Prometheus's increase() and rate() over real scrapes give known proportions.
@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from istio_labels import GATEWAY_SOURCE, IDGEN_DESTINATION, ISTIO_LABELS
 
-# Label order of istio_requests_total as the proxy writes it (DESIGN.md "Labels, in the proxy's order").
+# Label order of istio_requests_total as the proxy writes it (docs/istio-facts.md, "Istio's standard
+# metrics").
 LABEL_ORDER = ISTIO_LABELS
 TCP_DROPPED = ("response_code", "grpc_response_status")
 

@@ -1,7 +1,7 @@
 """Helpers for the recipe site's tests: a local stand-in for idgen, and small HTML/DB readers.
 
 The stand-in is a real HTTP server (stdlib http.server in a thread, on a free 127.0.0.1 port) that
-answers like idgen does (see /tmp/contracts.md and idgen/app.py), or fails the ways idgen can fail.
+answers like idgen does (see idgen/app.py and idgen/upstream.py), or fails the ways idgen can fail.
 """
 
 from __future__ import annotations

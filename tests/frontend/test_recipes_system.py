@@ -52,7 +52,7 @@ def http() -> requests.Session:
 def idgen(upstream_url: str, logs: Path) -> Iterator[str]:
     """The real idgen under gunicorn with its checked-in config; yields the URL of its /id."""
     if not (ROOT / "idgen" / "app.py").exists():
-        pytest.fail("idgen/app.py is missing: the system tier needs the real idgen (issue 2)")
+        pytest.fail("idgen/app.py is missing: the system tier needs the real idgen")
     port = free_port()
     env = {**NO_PROXY_ENV, "HOST": "127.0.0.1", "PORT": str(port), "UPSTREAM_URL": upstream_url}
     cmd = [str(GUNICORN), "-c", str(ROOT / "idgen" / "gunicorn.conf.py"), "idgen.app:create_app()"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -46,16 +47,23 @@ def lines_of(output: str) -> list[dict[str, str]]:
     return [m.groupdict() for m in map(ISTIO_LINE.fullmatch, output.splitlines()) if m]
 
 
-def new_line(read, before: int, request: str) -> dict[str, str]:
-    """The first access log line for `request` after the first `before` lines (the log is flushed
-    once a second, so poll a few seconds)."""
+def new_line(read, since: str, request: str) -> dict[str, str]:
+    """The first access log line for `request` that started at `since` (UTC, the log's own format) or
+    later. The log is flushed once a second, so poll a few seconds; an earlier request's line may be
+    flushed late, hence the start time rather than a line count."""
     deadline = time.monotonic() + 10
     while True:
-        found = [line for line in lines_of(read())[before:] if line["request"] == request]
+        found = [line for line in lines_of(read()) if line["request"] == request and line["start"] >= since]
         if found or time.monotonic() > deadline:
             assert found, f"no access log line for {request!r}"
             return found[0]
         time.sleep(0.3)
+
+
+def utc_now() -> str:
+    """Now, as the access log writes START_TIME (millisecond precision, so a line at the same
+    millisecond still sorts as not earlier)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 @pytest.mark.parametrize("option", list(EXPECTED))
@@ -65,9 +73,9 @@ def test_localmesh_logs_idgen_names_the_cluster_and_route_of_each_option(stack: 
     def read() -> str:
         return stack.localmesh("logs", "idgen").stdout
 
-    before = len(lines_of(read()))
+    since = utc_now()
     requests.get(f"{stack.gateway}/id", timeout=15)
-    line = new_line(read, before, "GET /uuid HTTP/1.1")
+    line = new_line(read, since, "GET /uuid HTTP/1.1")
     assert line["authority"] == "httpbin.org"
     for field, want in EXPECTED[option].items():
         assert line[field] == want, (field, line)
@@ -86,16 +94,13 @@ def test_make_logs_and_the_gateways_log(stack: LocalStack):
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    before = len(lines_of(make_logs()))
-    gateway_before = len(lines_of(stack.localmesh("logs", "istio-ingressgateway").stdout))
+    since = utc_now()
     requests.get(f"{stack.gateway}/id", timeout=15)
     # idgen's sidecar logs the inbound call from the gateway and idgen's outbound call.
-    inbound = new_line(make_logs, before, "GET /id HTTP/1.1")
+    inbound = new_line(make_logs, since, "GET /id HTTP/1.1")
     assert inbound["cluster"] == f"inbound|{stack.ports.idgen}||" and inbound["route"] == "default"
-    assert new_line(make_logs, before, "GET /uuid HTTP/1.1")["cluster"] == "PassthroughCluster"
-    call = new_line(
-        lambda: stack.localmesh("logs", "istio-ingressgateway").stdout, gateway_before, "GET /id HTTP/1.1"
-    )
+    assert new_line(make_logs, since, "GET /uuid HTTP/1.1")["cluster"] == "PassthroughCluster"
+    call = new_line(lambda: stack.localmesh("logs", "istio-ingressgateway").stdout, since, "GET /id HTTP/1.1")
     assert call["cluster"] == "outbound|80||idgen.recipes.svc.cluster.local"
     assert call["xff"] == "127.0.0.1"  # the gateway appends the client's address (use_remote_address)
     tail = stack.localmesh("logs", "idgen", "--tail", "1").stdout

@@ -1,4 +1,4 @@
-"""The demo's verdict: it must say MISMATCH whenever a step differs from DESIGN.md's table."""
+"""The demo's verdict: it must say MISMATCH whenever a step differs from docs/istio-facts.md's table."""
 
 from collections import Counter
 

@@ -1,5 +1,6 @@
-"""The whole local mesh, started with `localmesh up` on free ports: each egress option as DESIGN.md's
-table says, seen by the site, by idgen, at the sidecar, in the proxies' metrics and in Prometheus."""
+"""The whole local mesh, started with `localmesh up` on free ports: each egress option as
+docs/istio-facts.md's table says, seen by the site, by idgen, at the sidecar, in the proxies' metrics
+and in Prometheus."""
 
 from __future__ import annotations
 

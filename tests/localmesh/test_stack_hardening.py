@@ -84,7 +84,7 @@ def test_status_shows_the_version_each_proxy_runs_and_flags_drift(stack: LocalSt
     drifted = stack.localmesh("status", check=False)
     assert drifted.returncode == 1
     assert f"idgen runs {older['version']}, applied is {applied}: DRIFT" in drifted.stdout
-    assert "`localmesh push`" in drifted.stdout
+    assert "`.venv/bin/localmesh push`" in drifted.stdout
     assert "option blackhole" in drifted.stdout  # the applied state, not what the proxy runs
 
     pushed = stack.localmesh("push")
@@ -110,7 +110,7 @@ def test_status_shows_the_version_each_proxy_runs_and_flags_drift(stack: LocalSt
 def test_push_on_a_stopped_stack_says_how_to_start_it(tmp_path: Path) -> None:
     cmd = [str(VENV_BIN / "python"), "-m", "localmesh", "--state-dir", str(tmp_path), "push"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert done.returncode == 3 and "`localmesh up`" in done.stdout
+    assert done.returncode == 3 and "`make up`" in done.stdout
 
 
 # ---- item: ports are unique --------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def test_up_refuses_a_port_given_twice_and_names_both(tmp_path: Path) -> None:
 
 def test_a_taken_port_names_the_port_and_the_hint_given_works(tmp_path: Path) -> None:
     """`localmesh up` with a port something else holds: exit 2 naming it; the command the message
-    gives (`localmesh up --port NAME=NNNN`) then starts the stack."""
+    gives (`.venv/bin/localmesh up --port NAME=NNNN`) then starts the stack."""
     ports = free_ports()
     moved = {name: str(port) for name, port in vars(ports).items()}
     with socket.create_server(("127.0.0.1", 0)) as holder:
@@ -149,7 +149,7 @@ def test_a_taken_port_names_the_port_and_the_hint_given_works(tmp_path: Path) ->
         )
         assert done.returncode == 2, done.stderr
         assert f"port {taken} (gateway) is already in use on 127.0.0.1" in done.stderr
-        hint = re.search(r"`localmesh up (--port gateway=NNNN)`", done.stderr)
+        hint = re.search(r"`\.venv/bin/localmesh up (--port gateway=NNNN)`", done.stderr)
         assert hint, done.stderr
         again = hint.group(1).replace("NNNN", moved["gateway"]).replace(" ", "=", 1)
         try:
