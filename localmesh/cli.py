@@ -26,6 +26,7 @@ from localmesh.stack import (
     plan,
     ports_from_env,
     prometheus_config,
+    read_applied,
     read_state,
     taken_ports,
     urls,
@@ -184,7 +185,9 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
     print(f"localmesh: {state.phase} (supervisor pid {state.supervisor_pid})")
     for name, pid in state.children.items():
         print(f"  {name:<11} pid {pid:<8} {'running' if pid_alive(pid) else 'NOT RUNNING'}")
-    print(f"  egress option: {control.current_option(paths)}")
+    applied = read_applied(paths)
+    since = f" (since {time.strftime('%H:%M:%S', time.localtime(applied.since))})" if applied else ""
+    print(f"  egress option: {control.current_option(paths)}{since}")
     print_urls(state)
     return 0 if state.phase == "ready" else 1
 

@@ -9,13 +9,14 @@ an xDS push). Proxies swap tables atomically, so nothing restarts.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from localmesh.config import ApplyResult, ClusterState, load_file
 from localmesh.routes import BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY, RouteTable, build_tables, decide_outbound
-from localmesh.stack import EXTERNAL_HOST, ROOT, Paths, Ports, addresses, proxy_admins
+from localmesh.stack import EXTERNAL_HOST, ROOT, Applied, Paths, Ports, addresses, proxy_admins
 
 DEFAULT_MESH_CONFIG = ROOT / "manifests" / "istio" / "mesh-allow-any.yaml"
 DEFAULT_OVERLAY = ROOT / "manifests" / "overlays" / "passthrough"
@@ -90,6 +91,8 @@ def prepare(paths: Paths, ports: Ports, overlay: Path | None) -> None:
         state.apply_kustomization(overlay or DEFAULT_OVERLAY)
     save_state(paths, state)
     write_tables(paths, tables_for(state, ports))
+    # The proxies start from these tables, and Prometheus from an empty database: a clean start.
+    Applied(describe(state), time.time()).write(paths)
 
 
 def apply(
@@ -115,6 +118,8 @@ def apply(
         tables = tables_for(state, ports)
         write_tables(paths, tables)
         lines += push(tables, ports)
+        if result.changed:  # in effect from now: every proxy has taken the new table
+            Applied(describe(state), time.time()).write(paths)
     return lines
 
 

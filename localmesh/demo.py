@@ -27,6 +27,7 @@ from egresswatch.promql import REQUESTS
 from egresswatch.report import build_report, render_table
 from egresswatch.source import METRICS, ProxiesSource
 from localmesh import cli, control
+from localmesh.demopage import DemoPage, Step
 from localmesh.expected import EGRESS_SELECTOR, EXPECTATIONS, OPTIONS, Expectation
 from localmesh.stack import ROOT, Paths, StackState, default_state_dir, proxy_admins, urls
 
@@ -147,7 +148,9 @@ def verdict(exp: Expectation, n: int, site: SiteOutcome, grown: Mapping[Series, 
     return problems
 
 
-def run_option(option: str, n: int, state: StackState, paths: Paths, counters: Counters) -> bool:
+def run_option(
+    option: str, n: int, state: StackState, paths: Paths, counters: Counters, page: DemoPage | None = None
+) -> bool:
     exp = EXPECTATIONS[option]
     number = OPTIONS.index(option) + 1
     print(f"\n=== Option {number}: {option}: {exp.summary}")
@@ -170,12 +173,31 @@ def run_option(option: str, n: int, state: StackState, paths: Paths, counters: C
         print("Metrics (egresswatch report for this step):")
         print("    " + render_table(report).rstrip().replace("\n", "\n    "))
         graph = OUT / f"graph-{option}.svg"
-        write_graph(counters.between(before, after), graph, title=f"recipes: option {number}, {option}")
+        drawn = write_graph(
+            counters.between(before, after), graph, title=f"recipes: option {number}, {option}"
+        )
         print(f"    service graph (Kiali style): {graph.relative_to(ROOT)} and .html")
     except EgressWatchError as err:
+        drawn, graph_error = None, str(err)
         print(f"    egresswatch: {err}")
     grown = egress_growth(before, after)
     problems = verdict(exp, n, site, grown)
+    if page is not None:
+        page.add(
+            Step(
+                number,
+                option,
+                exp.summary,
+                control.current_option(paths),
+                n,
+                site.statuses,
+                site.first_message,
+                drawn,
+                "" if drawn else graph_error,
+                grown,
+                problems,
+            )
+        )
     if problems:
         print(f"Verdict: MISMATCH with DESIGN.md for {option}: " + "; ".join(problems))
         return False
@@ -217,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         counters = Counters(state)
-        results = {option: run_option(option, args.n, state, paths, counters) for option in args.options}
+        page = DemoPage()
+        results = {
+            option: run_option(option, args.n, state, paths, counters, page) for option in args.options
+        }
+        print(f"\nOne page with every option: {page.write(OUT / 'index.html').relative_to(ROOT)}")
     finally:
         if started_here and not args.keep:
             print()
