@@ -30,9 +30,13 @@ from localmesh.stack import (
     read_state,
     taken_ports,
     urls,
+    wait_scraped_since,
 )
 
 START_TIMEOUT = 60.0
+# `apply` returns once Prometheus has scraped after the change (a second locally), so traffic sent next
+# is counted in full by windows that start at the change.
+SCRAPE_WAIT = 10.0
 
 
 def _port_overrides(values: list[str]) -> dict[str, int]:
@@ -211,6 +215,14 @@ def cmd_apply(args: argparse.Namespace, paths: Paths) -> int:
         return 1
     for line in report:
         print(line)
+    applied = read_applied(paths)
+    prometheus = urls(state.ports, state.prometheus).get("prometheus") if state else None
+    if prometheus and applied and not wait_scraped_since(prometheus, applied.since, SCRAPE_WAIT):
+        print(
+            f"localmesh {args.command}: warning: Prometheus ({prometheus}) has not scraped the proxies "
+            f"since the change; reports that start at it may miss the first requests",
+            file=sys.stderr,
+        )
     if state is None:
         print("localmesh: the stack is not running; the config is saved and takes effect at `localmesh up`")
     return 0

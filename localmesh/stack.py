@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -379,6 +380,24 @@ def wait_targets_scraped(prometheus: str, timeout: float) -> None:
         + "\n  ".join(pending)
         + f"\nIts targets page says more: {prometheus}/targets"
     )
+
+
+def wait_scraped_since(prometheus: str, when: float, timeout: float) -> bool:
+    """Wait until Prometheus holds a scrape of every target taken at `when` (Unix time) or later;
+    False if it has none within timeout. After a switch of option, that scrape is the baseline that
+    lets a window starting at the switch count the requests that follow."""
+    deadline = time.monotonic() + timeout
+    query = urllib.parse.urlencode({"query": "min(timestamp(up))"})
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{prometheus}/api/v1/query?{query}", timeout=5) as resp:
+                result = json.loads(resp.read())["data"]["result"]
+            if result and float(result[0]["value"][1]) >= when:
+                return True
+        except (OSError, ValueError, KeyError):
+            pass  # not answering yet: try again until the deadline
+        time.sleep(0.2)
+    return False
 
 
 def online() -> bool:
