@@ -128,6 +128,8 @@ class Console:
             parts.append(
                 f"<h2>Requests/s by destination cluster, last {CHART_MINUTES} minutes</h2>"
                 f"<div class='card' id='chart'>{timeseries.render_svg(v.chart, marker, title)}</div>"
+                f"<p class='meta'>Each point is rate() over the {escape(self.chart_rate)} before it, so a "
+                f"line takes that long to fall after a switch.</p>"
             )
             queries.append(v.chart.query)
         sections, more = render.render_sections(v.graph, v.report, v.error)

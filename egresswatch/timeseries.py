@@ -23,6 +23,7 @@ WIDTH, PLOT_HEIGHT = 900, 200
 LEFT, RIGHT, TOP, AXIS = 64, 24, 28, 34
 CHAR = 7.0  # px per character of the 12 px legend text
 LEGEND_ROW = 20
+MIN_SPAN = 60.0  # seconds the chart spans at least
 
 
 @dataclass
@@ -56,7 +57,11 @@ def fetch(
         Line(labels.get("destination_service_name", "") or "(none)", values)
         for labels, values in client.query_range(query, start, end, step)
     ]
-    return Chart(sorted(lines, key=lambda line: line.name), start, end, step, query)
+    # A young stack (Prometheus starts empty at `up`) has less history than the span: draw what exists,
+    # at least a minute, rather than a flat line squeezed into the right edge.
+    first = min((line.points[0][0] for line in lines if line.points), default=end)
+    shown = max(start, min(first - step, end - MIN_SPAN))
+    return Chart(sorted(lines, key=lambda line: line.name), shown, end, step, query)
 
 
 def color_of(name: str, index: int) -> str:

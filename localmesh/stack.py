@@ -532,8 +532,8 @@ class Supervisor:
         for name, child in self.children.items():
             wait_http(child, self.specs[name].ready_url, timeout)
         if "prometheus" in self.specs:
-            # Ready means queryable: Prometheus's discovery hands targets over only every 5 s, and
-            # traffic sent before the first scrape never shows in rate().
+            # Ready means queryable: Prometheus hands discovered targets to its scrapers only after
+            # a few seconds (about 5 here), and traffic sent before the first scrape never shows in rate().
             base = self.specs["prometheus"].ready_url.removesuffix("/-/ready")
             wait_targets_scraped(base, SCRAPE_TIMEOUT)
         self._publish("ready")
