@@ -13,7 +13,15 @@ import requests
 import yaml
 
 from localmesh.driver import local_stack
-from localmesh.stack import RULES_DIR, Ports, find_prometheus, prometheus_config, rule_files
+from localmesh.procs import StartError, free_port, running
+from localmesh.stack import (
+    RULES_DIR,
+    Ports,
+    find_prometheus,
+    prometheus_config,
+    rule_files,
+    wait_targets_scraped,
+)
 
 needs_prometheus = pytest.mark.skipif(
     find_prometheus() is None,
@@ -66,3 +74,25 @@ def test_up_returns_once_prometheus_has_scraped_every_target(tmp_path: Path) -> 
             time.sleep(0.5)
         # increase() misses a series' first request (Istio creates the series with it): 3 of 4 at least.
         assert seen >= 3, f"increase() saw {seen} of the 4 requests sent right after up"
+
+
+@pytest.mark.prometheus
+@needs_prometheus
+def test_a_target_prometheus_cannot_scrape_is_named_when_the_wait_runs_out(tmp_path: Path) -> None:
+    # A real Prometheus whose two proxies are not there: the bounded wait ends with what it saw.
+    ports = Ports(gateway_admin=free_port(), sidecar_admin=free_port(), prometheus=free_port())
+    (tmp_path / "prometheus.yml").write_text(prometheus_config(ports, []))
+    url = f"http://127.0.0.1:{ports.prometheus}"
+    cmd = [
+        str(find_prometheus()),
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{ports.prometheus}",
+    ]
+    log = tmp_path / "prometheus.log"
+    with running("prometheus", cmd, f"{url}/-/ready", log), pytest.raises(StartError) as err:
+        wait_targets_scraped(url, 8.0)
+    message = str(err.value)
+    assert "had not scraped every target within 8 s" in message
+    assert f"http://127.0.0.1:{ports.gateway_admin}/stats/prometheus: health " in message
+    assert f"{url}/targets" in message
