@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import sys
@@ -183,6 +184,10 @@ def window_of(args: argparse.Namespace) -> Window:
     return Window.parse(DEFAULT_WINDOW)
 
 
+def _prometheus_source(args: argparse.Namespace) -> Source:
+    return PrometheusSource(args.prometheus, window_of(args))
+
+
 def make_source(args: argparse.Namespace) -> Source:
     if args.since_start and not args.proxies:
         raise UsageError("--since-start only applies with --proxies")
@@ -251,9 +256,13 @@ def cmd_console(args: argparse.Namespace) -> int:
         label = f"{len(args.proxies)} proxies' /stats/prometheus, between refreshes"
     else:
         window_of(args)  # a bad --window or --since ends here, before the page serves anything
+        try:
+            Window.parse(args.chart_rate)
+        except UsageError:
+            raise UsageError(f"--chart-rate {args.chart_rate!r} is not a duration like 10s or 30s") from None
         prometheus = args.prometheus.rstrip("/")
         # The window moves with every refresh: a switch of option starts a new one.
-        factory = lambda: PrometheusSource(args.prometheus, window_of(args))  # noqa: E731
+        factory = functools.partial(_prometheus_source, args)
         label = f"Prometheus {prometheus}"
     con = console.Console(
         factory, args.namespace, args.refresh, label, prometheus=prometheus, chart_rate=args.chart_rate
