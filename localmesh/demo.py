@@ -168,6 +168,7 @@ def run_option(
     print(f"Site: {site.created} of {n} recipes created" + (f"; failed: {failed}" if failed else ""))
     if site.first_message:
         print(f"    the site said: {site.first_message}")
+    drawn, graph_error = None, ""
     try:
         report = build_report(counters.between(before, after), "recipes")
         print("Metrics (egresswatch report for this step):")
@@ -178,24 +179,24 @@ def run_option(
         )
         print(f"    service graph (Kiali style): {graph.relative_to(ROOT)} and .html")
     except EgressWatchError as err:
-        drawn, graph_error = None, str(err)
+        graph_error = str(err)
         print(f"    egresswatch: {err}")
     grown = egress_growth(before, after)
     problems = verdict(exp, n, site, grown)
     if page is not None:
         page.add(
             Step(
-                number,
-                option,
-                exp.summary,
-                control.current_option(paths),
-                n,
-                site.statuses,
-                site.first_message,
-                drawn,
-                "" if drawn else graph_error,
-                grown,
-                problems,
+                number=number,
+                option=option,
+                summary=exp.summary,
+                applied=control.current_option(paths),
+                requested=n,
+                statuses=site.statuses,
+                site_message=site.first_message,
+                graph=drawn,
+                graph_error=graph_error,
+                series=grown,
+                problems=problems,
             )
         )
     if problems:
