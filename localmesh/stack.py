@@ -14,7 +14,6 @@ import shutil
 import signal
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
