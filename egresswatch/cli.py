@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import functools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from egresswatch import console, lockdown, render, report, suggest
+from egresswatch import console, localstack, lockdown, render, report, suggest
 from egresswatch.errors import EgressWatchError, UsageError
 from egresswatch.graph import build_graph
 from egresswatch.promql import Window
@@ -22,7 +24,8 @@ from egresswatch.source import PrometheusSource, ProxiesSource, Source
 
 VERSION = "0.1.0"
 DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
-# Kiali's UI shows the last minute by default (config.go UIDefaults.MetricsPerRefresh "1m"); so do we.
+# Kiali's UI shows the last minute by default (config.go UIDefaults.MetricsPerRefresh "1m"); so do we,
+# except on the local stack's own Prometheus, where the window starts when the applied option took effect.
 DEFAULT_WINDOW = "1m"
 # Without Prometheus the window is the wait between two scrapes: short, so the command answers quickly.
 DEFAULT_PROXIES_WINDOW = "10s"
@@ -50,11 +53,19 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --proxies: one scrape, counting everything since each proxy started (no rates)",
     )
-    src.add_argument(
+    when = src.add_mutually_exclusive_group()
+    when.add_argument(
         "--window",
         default=os.environ.get("EGRESSWATCH_WINDOW"),
-        help=f"look-back window, a Prometheus duration (env EGRESSWATCH_WINDOW; default "
-        f"{DEFAULT_WINDOW}, or {DEFAULT_PROXIES_WINDOW} between the two scrapes with --proxies)",
+        help=f"look-back window, a Prometheus duration (env EGRESSWATCH_WINDOW; default: since the "
+        f"local stack's option took effect when reading its Prometheus, else {DEFAULT_WINDOW}; "
+        f"{DEFAULT_PROXIES_WINDOW} between the two scrapes with --proxies)",
+    )
+    when.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="the window starts at WHEN: 'applied' (when the local stack's egress option took effect), "
+        "an ISO 8601 time (2026-01-31T10:00:00+00:00) or Unix seconds",
     )
     scope = p.add_mutually_exclusive_group()
     scope.add_argument(
@@ -111,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--refresh", type=float, default=5.0, help="seconds between refreshes (default %(default)s)"
     )
+    p.add_argument(
+        "--chart-rate",
+        default="30s",
+        help="rate() window of the requests/s chart; at least 2 scrape intervals (default %(default)s)",
+    )
 
     p = sub.add_parser("suggest", help="ServiceEntry YAML for every host seen through PassthroughCluster")
     _common(p)
@@ -132,14 +148,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _since(text: str, prometheus: str) -> Window:
+    if text == "applied":
+        found = localstack.applied(prometheus)
+        if found is None:
+            raise UsageError(
+                f"--since applied needs the local stack running with Prometheus {prometheus} "
+                f"(`make up`; $LOCALMESH_STATE names its state folder); or give --window or a time"
+            )
+        return Window.since(found.since, f"{localstack.option_name(found)} took effect")
+    try:
+        start = float(text)
+    except ValueError:
+        try:
+            start = dt.datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            raise UsageError(
+                f"--since {text!r} is not 'applied', an ISO 8601 time (2026-01-31T10:00:00+00:00) "
+                "or Unix seconds"
+            ) from None
+    if start > dt.datetime.now().timestamp():
+        raise UsageError(f"--since {text!r} is in the future")
+    return Window.since(start, text)
+
+
+def window_of(args: argparse.Namespace) -> Window:
+    """The Prometheus window: --window, --since, else since the local stack's option took effect (when
+    --prometheus is the stack's own), else the last DEFAULT_WINDOW."""
+    if args.window:
+        return Window.parse(args.window)
+    if args.since:
+        return _since(args.since, args.prometheus)
+    if localstack.applied(args.prometheus) is not None:
+        return _since("applied", args.prometheus)
+    return Window.parse(DEFAULT_WINDOW)
+
+
+def _prometheus_source(args: argparse.Namespace) -> Source:
+    return PrometheusSource(args.prometheus, window_of(args))
+
+
 def make_source(args: argparse.Namespace) -> Source:
     if args.since_start and not args.proxies:
         raise UsageError("--since-start only applies with --proxies")
     if args.proxies:
+        if args.since:
+            raise UsageError("--since needs Prometheus: the proxies keep no history (use --window)")
         window = Window.parse(args.window or DEFAULT_PROXIES_WINDOW)
         method = "since-start" if args.since_start else "two-scrapes"
         return ProxiesSource(args.proxies, method=method, interval=window.seconds)
-    return PrometheusSource(args.prometheus, Window.parse(args.window or DEFAULT_WINDOW))
+    return PrometheusSource(args.prometheus, window_of(args))
 
 
 def _namespace(args: argparse.Namespace) -> str | None:
@@ -192,14 +250,23 @@ def cmd_console(args: argparse.Namespace) -> int:
         raise UsageError("the console shows one namespace: pass --namespace")
     if args.since_start:
         raise UsageError("the console shows live rates: --since-start does not apply")
+    prometheus = None
     if args.proxies:
-        factory = console.ProxiesFactory(args.proxies)
+        factory: Callable[[], Source] = console.ProxiesFactory(args.proxies)
         label = f"{len(args.proxies)} proxies' /stats/prometheus, between refreshes"
     else:
-        window = Window.parse(args.window or DEFAULT_WINDOW)
-        factory = console.prometheus_factory(args.prometheus, window)  # type: ignore[assignment]
-        label = f"Prometheus {args.prometheus.rstrip('/')}, last {window.text}"
-    con = console.Console(factory, args.namespace, args.refresh, label)
+        window_of(args)  # a bad --window or --since ends here, before the page serves anything
+        try:
+            Window.parse(args.chart_rate)
+        except UsageError:
+            raise UsageError(f"--chart-rate {args.chart_rate!r} is not a duration like 10s or 30s") from None
+        prometheus = args.prometheus.rstrip("/")
+        # The window moves with every refresh: a switch of option starts a new one.
+        factory = functools.partial(_prometheus_source, args)
+        label = f"Prometheus {prometheus}"
+    con = console.Console(
+        factory, args.namespace, args.refresh, label, prometheus=prometheus, chart_rate=args.chart_rate
+    )
     with contextlib.suppress(KeyboardInterrupt):
         console.serve(con, args.host, args.port)
     return 0

@@ -1,27 +1,39 @@
-"""A live console: the graph and the egress report on one local page, refreshed every few seconds.
+"""A live console: the applied option, firing alerts, a requests/s chart, the graph and the egress report
+on one local page, refreshed every few seconds.
 
-A background thread rebuilds graph and report every `refresh` seconds (so Prometheus sees one set
-of queries per period, however many browsers are open); the page reloads itself with a meta refresh
-(no JavaScript). Bound to 127.0.0.1 by default; port 20001 is Kiali's (config.go Server.Port).
-Routes: / (page), /graph.svg, /api/graph, /api/report (JSON), /healthz.
+A background thread rebuilds everything every `refresh` seconds (so Prometheus sees one set of queries
+per period, however many browsers are open). The page fetches /api/live and swaps the live part in
+place, so an open PromQL panel stays open; without JavaScript it reloads itself. The graph's edge rates
+are the report's counts divided by the window (`rates="counts"`): one page, one set of numbers.
+Bound to 127.0.0.1 by default; port 20001 is Kiali's (config.go Server.Port).
+Routes: / (page), /api/live, /graph.svg, /chart.svg, /api/graph, /api/report, /api/alerts, /healthz.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from egresswatch import exposition, render
+from egresswatch import alerts, exposition, localstack, render, timeseries
 from egresswatch.errors import EgressWatchError, UsageError
 from egresswatch.graph import Graph, build_graph
-from egresswatch.promql import Window
-from egresswatch.report import Report, build_report
-from egresswatch.source import METRICS, PrometheusSource, ProxiesSource, Source
+from egresswatch.prom import PrometheusClient
+from egresswatch.report import Report, build_report, to_json
+from egresswatch.source import METRICS, ProxiesSource, Source
+from localmesh.stack import Applied
+
+CHART_MINUTES = 5
+RATES_NOTE = (
+    "Graph edge labels and the report's per-s column are the same numbers: requests in the window divided "
+    "by its length (the graph command's `--rates kiali` draws Kiali's rate() instead)."
+)
 
 
 @dataclass
@@ -30,32 +42,58 @@ class View:
     report: Report | None = None
     error: str | None = None
     updated: float = 0.0
+    where: str = ""
+    applied: Applied | None = None
+    alerts: list[alerts.Alert] | None = None
+    chart: timeseries.Chart | None = None
+    problems: list[str] = field(default_factory=list)  # alerts or chart that could not be read
 
 
 class Console:
-    """Holds the latest view and refreshes it; `source_factory` makes a fresh Source per refresh."""
+    """Holds the latest view and refreshes it; `source_factory` makes a fresh Source per refresh.
+    With `prometheus` (its URL) the view also holds its alerts and the requests/s chart."""
 
     def __init__(
-        self, source_factory: Callable[[], Source], namespace: str, refresh: float, label: str
+        self,
+        source_factory: Callable[[], Source],
+        namespace: str,
+        refresh: float,
+        label: str,
+        prometheus: str | None = None,
+        chart_rate: str = "30s",
     ) -> None:
         self.source_factory = source_factory
         self.namespace = namespace
         self.refresh = refresh
         self.label = label
+        self.prometheus = PrometheusClient(prometheus) if prometheus else None
+        self.chart_rate = chart_rate
         self.view = View(error="Waiting for the first data...")
         self._stop = threading.Event()
 
     def update(self) -> None:
+        view = View(updated=time.time())
+        view.applied = localstack.applied(self.prometheus.url if self.prometheus else None)
         try:
             source = self.source_factory()  # one source per refresh: graph and report see the same numbers
-            graph = build_graph(source, self.namespace)
-            report = build_report(source, self.namespace, egress_only=True)
+            view.graph = build_graph(source, self.namespace, rates="counts")
+            view.report = build_report(source, self.namespace, egress_only=True)
+            view.where = source.where()
             done = getattr(self.source_factory, "done", None)
             if done:
                 done(source)
-            self.view = View(graph, report, None, time.time())
         except EgressWatchError as err:
-            self.view = View(None, None, str(err), time.time())
+            view.graph, view.report, view.error = None, None, str(err)
+        if self.prometheus is not None:
+            try:
+                view.alerts = alerts.active(self.prometheus)
+            except EgressWatchError as err:
+                view.problems.append(f"Alerts: {err}")
+            try:
+                view.chart = timeseries.fetch(self.prometheus, self.namespace, self.chart_rate, CHART_MINUTES)
+            except EgressWatchError as err:
+                view.problems.append(f"Chart: {err}")
+        self.view = view
 
     def run_updates(self) -> None:
         while not self._stop.is_set():
@@ -66,20 +104,93 @@ class Console:
     def stop(self) -> None:
         self._stop.set()
 
-    def page(self) -> str:
+    @property
+    def title(self) -> str:
+        return f"egresswatch console: namespace {self.namespace}"
+
+    def live(self) -> tuple[str, list[str]]:
+        """The part of the page that changes: its HTML and the PromQL behind it."""
         v = self.view
-        return render.render_html(
-            v.graph,
-            v.report,
-            title=f"egresswatch console: namespace {self.namespace}",
-            refresh_seconds=max(1, round(self.refresh)),
-            error=v.error,
-            subtitle=self.label,
+        parts = [_applied_html(v.applied, v.updated or time.time())]
+        if v.where:
+            parts.append(f"<p class='meta' id='where'>Numbers: {escape(v.where)}. {escape(RATES_NOTE)}</p>")
+        parts += [f"<div class='error problem'>{escape(p)}</div>" for p in v.problems]
+        queries = []
+        if v.alerts is not None:
+            parts.append(f"<h2>Alerts</h2>{alerts.render_table(v.alerts)}")
+        if v.chart is not None:
+            marker = None
+            if v.applied is not None:
+                marker = (v.applied.since, f"{localstack.option_name(v.applied)} applied")
+            title = (
+                f"Requests/s from namespace {self.namespace} by destination cluster, last {CHART_MINUTES} min"
+            )
+            parts.append(
+                f"<h2>Requests/s by destination cluster, last {CHART_MINUTES} minutes</h2>"
+                f"<div class='card' id='chart'>{timeseries.render_svg(v.chart, marker, title)}</div>"
+                f"<p class='meta'>Each point is rate() over the {escape(self.chart_rate)} before it, so a "
+                f"line takes that long to fall after a switch.</p>"
+            )
+            queries.append(v.chart.query)
+        sections, more = render.render_sections(v.graph, v.report, v.error)
+        parts.append(sections)
+        return "".join(parts), more + queries
+
+    def page(self) -> str:
+        html, queries = self.live()
+        every = max(1, round(self.refresh))
+        return (
+            render.page_head(
+                self.title, f'<noscript><meta http-equiv="refresh" content="{every}"></noscript>'
+            )
+            + f"<p class='meta'>{escape(self.label)} · refreshes every {every} s · updated "
+            f"<span id='updated'>{_clock(self.view.updated)}</span></p>"
+            f"<div id='live'>{html}</div>{render.queries_panel(queries)}"
+            + LIVE_SCRIPT.replace("EVERY_MS", str(every * 1000))
+            + "</body></html>\n"
         )
 
+    def live_json(self) -> dict[str, Any]:
+        html, queries = self.live()
+        return {"html": html, "queries": "\n\n".join(queries), "updated": _clock(self.view.updated)}
 
-def prometheus_factory(url: str, window: Window) -> Callable[[], Source]:
-    return lambda: PrometheusSource(url, window)
+
+# Swap the live part in place; the <details> with the PromQL is outside it, so it stays as the reader left it.
+LIVE_SCRIPT = """<script>
+(function () {
+  async function tick() {
+    try {
+      const resp = await fetch("/api/live", {cache: "no-store"});
+      if (resp.ok) {
+        const data = await resp.json();
+        document.getElementById("live").innerHTML = data.html;
+        const pre = document.getElementById("queries");
+        if (pre.textContent !== data.queries) pre.textContent = data.queries;
+        document.getElementById("updated").textContent = data.updated;
+        document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
+      }
+    } catch (err) { /* the console restarts or the network hiccups: try again next time */ }
+    setTimeout(tick, EVERY_MS);
+  }
+  setTimeout(tick, EVERY_MS);
+})();
+</script>"""
+
+
+def _clock(when: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when)) if when else "-"
+
+
+def _applied_html(applied: Applied | None, now: float) -> str:
+    if applied is None:
+        return ""
+    ago = max(0, round(now - applied.since))
+    at = dt.datetime.fromtimestamp(applied.since).astimezone().strftime("%H:%M:%S")
+    return (
+        f"<div class='note applied' id='applied' data-since='{applied.since:.3f}'>Applied: "
+        f"<b>{escape(localstack.option_name(applied))}</b> ({escape(applied.option.rsplit(': ', 1)[0])}) "
+        f"since {at} ({ago} s ago). The window starts there: what you see is this option's traffic.</div>"
+    )
 
 
 class ProxiesFactory:
@@ -108,6 +219,13 @@ def make_handler(console: Console) -> type[BaseHTTPRequestHandler]:
             v = console.view
             if path == "/":
                 self._send(200, "text/html; charset=utf-8", console.page())
+            elif path == "/api/live":
+                self._send(200, "application/json", json.dumps(console.live_json()))
+            elif path == "/api/alerts":
+                found = [a.__dict__ for a in v.alerts] if v.alerts is not None else None
+                self._send(200 if found is not None else 503, "application/json", json.dumps(found))
+            elif path == "/chart.svg" and v.chart is not None:
+                self._send(200, "image/svg+xml", timeseries.render_svg(v.chart))
             elif path == "/healthz":
                 self._send(200, "text/plain", "ok\n")
             elif path == "/graph.svg" and v.graph is not None:
@@ -116,12 +234,11 @@ def make_handler(console: Console) -> type[BaseHTTPRequestHandler]:
                 body: dict[str, Any] = v.graph.to_dict() if v.graph else {"error": v.error}
                 self._send(200 if v.graph else 503, "application/json", json.dumps(body, indent=2))
             elif path == "/api/report":
-                from egresswatch.report import to_json
-
                 body = to_json(v.report) if v.report else {"error": v.error}
                 self._send(200 if v.report else 503, "application/json", json.dumps(body, indent=2))
             else:
-                self._send(404 if path != "/graph.svg" else 503, "text/plain", f"{v.error or 'not found'}\n")
+                known = path in ("/graph.svg", "/chart.svg")
+                self._send(503 if known else 404, "text/plain", f"{(known and v.error) or 'not found'}\n")
 
         def _send(self, code: int, ctype: str, text: str) -> None:
             data = text.encode()

@@ -39,11 +39,11 @@ class PrometheusClient:
         self.timeout = timeout
         self.session = requests.Session()
 
-    def query(self, promql: str) -> list[PromSample]:
-        """Evaluate promql at the server's current time; return the instant vector."""
-        endpoint = f"{self.url}/api/v1/query"
+    def _get(self, path: str, params: dict[str, str], what: str) -> dict:
+        """GET one API endpoint; its `data`, or an error naming what went wrong and the fix."""
+        endpoint = f"{self.url}{path}"
         try:
-            resp = self.session.get(endpoint, params={"query": promql}, timeout=self.timeout)
+            resp = self.session.get(endpoint, params=params, timeout=self.timeout)
         except requests.ConnectionError as err:
             raise SourceUnreachable(
                 f"Cannot reach Prometheus at {self.url} ({_reason(err)}). {UNREACHABLE_FIX}"
@@ -60,16 +60,36 @@ class PrometheusClient:
                 f"(no JSON). Is --prometheus {self.url} really a Prometheus server?"
             ) from err
         if body.get("status") != "success":
+            query = params.get("query")
             raise QueryError(
-                f"Prometheus at {self.url} rejected the query ({body.get('errorType', 'error')}: "
-                f"{body.get('error', 'no message')}).\nQuery:\n{promql}"
+                f"Prometheus at {self.url} rejected the {what} ({body.get('errorType', 'error')}: "
+                f"{body.get('error', 'no message')})." + (f"\nQuery:\n{query}" if query else "")
             )
-        data = body.get("data", {})
+        return body.get("data", {})
+
+    def query(self, promql: str) -> list[PromSample]:
+        """Evaluate promql at the server's current time; return the instant vector."""
+        data = self._get("/api/v1/query", {"query": promql}, "query")
         if data.get("resultType") != "vector":
             raise QueryError(
                 f"Prometheus returned a {data.get('resultType')!r}, not a vector, for:\n{promql}"
             )
         return [PromSample(dict(r["metric"]), float(r["value"][1])) for r in data.get("result", [])]
+
+    def query_range(
+        self, promql: str, start: float, end: float, step: float
+    ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """Evaluate promql every `step` s from start to end (Unix times): (labels, [(time, value)]) each."""
+        params = {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        data = self._get("/api/v1/query_range", params, "query")
+        return [
+            (dict(r["metric"]), [(float(t), float(v)) for t, v in r["values"]])
+            for r in data.get("result", [])
+        ]
+
+    def alerts(self) -> list[dict]:
+        """Prometheus's active alerts (pending and firing), as GET /api/v1/alerts lists them."""
+        return list(self._get("/api/v1/alerts", {}, "alerts request").get("alerts", []))
 
 
 # Labels Prometheus adds at scrape time (target labels), not the proxies' own.

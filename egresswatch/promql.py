@@ -7,6 +7,7 @@ Matchers render to PromQL and also evaluate in Python (`Matcher.matches`), so th
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,10 +25,26 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 
 @dataclass(frozen=True)
 class Window:
-    """A look-back window: the text the user gave (e.g. "1m") and its length in seconds."""
+    """A look-back window: the text the user gave (e.g. "1m") and its length in seconds; for a window
+    that starts at a moment (`since`), that moment and what happened then (e.g. an option applied)."""
 
     text: str
     seconds: float
+    start: float | None = None  # Unix time the window starts at, when it was given as a moment
+    start_event: str = ""
+
+    @classmethod
+    def since(cls, start: float, event: str = "", now: float | None = None) -> Window:
+        """From `start` (Unix time) to now, in milliseconds, as Prometheus takes it (e.g. "83412ms")."""
+        ms = max(1, round(((time.time() if now is None else now) - start) * 1000))
+        return cls(f"{ms}ms", ms / 1000, start, event)
+
+    def describe(self) -> str:
+        """The window in words: "last 1m", or "since <event> at 04:12:03 (83 s)"."""
+        if self.start is None:
+            return f"last {self.text}"
+        at = time.strftime("%H:%M:%S", time.localtime(self.start))
+        return f"since {self.start_event or 'the start'} at {at} ({self.seconds:.0f} s)"
 
     @classmethod
     def parse(cls, text: str) -> Window:
@@ -42,8 +59,8 @@ class Window:
 
     @property
     def range_seconds(self) -> str:
-        """The window as Kiali writes it in its queries: whole seconds, e.g. "60s"."""
-        return f"{int(self.seconds)}s"
+        """The window as Kiali writes it in its queries: whole seconds, e.g. "60s" (at least 1s)."""
+        return f"{max(1, int(self.seconds))}s"
 
 
 @dataclass(frozen=True)

@@ -172,18 +172,22 @@ def _legend(x: float, y: float) -> str:
             f'<line x1="{lx}" y1="0" x2="{lx + 28}" y2="0" stroke="{color}" stroke-width="3"/>'
             f'<text x="{lx + 34}" y="4">{escape(text)}</text>'
         )
+    # Two short lines rather than one long one: the narrowest graph (700 px) holds them whole.
     parts.append(
         '<text x="0" y="22" fill="#6a6e73">ellipse: workload · triangle: service '
-        "(PassthroughCluster, BlackHoleCluster: namespace unknown) · tag: ServiceEntry host · "
-        "dashed: unknown source (outside the mesh)</text></g>"
+        "(PassthroughCluster, BlackHoleCluster: namespace unknown)</text>"
+        '<text x="0" y="37" fill="#6a6e73">tag: ServiceEntry host · dashed: unknown source '
+        "(outside the mesh)</text></g>"
     )
     return "".join(parts)
 
 
-def render_svg(graph: Graph) -> str:
+def render_svg(graph: Graph, title: str | None = None) -> str:
+    """The graph as one SVG; `title` (default: namespace and window) is its own <title>."""
+    title = title or f"Service graph of namespace {graph.namespace}, window {graph.window}"
     pos = layout(graph)
     width = max((x for x, _ in pos.values()), default=MARGIN_X) + MARGIN_X + 40
-    height = max((y for _, y in pos.values()), default=MARGIN_Y) + MARGIN_Y + 60
+    height = max((y for _, y in pos.values()), default=MARGIN_Y) + MARGIN_Y + 75
     width = max(width, 700)
     markers = "".join(
         f'<marker id="arrow-{c[1:]}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
@@ -207,9 +211,10 @@ def render_svg(graph: Graph) -> str:
         f'width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Verdana,Arial,Helvetica,sans-serif" '
         f'data-namespace="{escape(graph.namespace)}" data-window="{escape(graph.window)}">'
+        f"<title>{escape(title)}</title>"
         f'<rect width="100%" height="100%" fill="#ffffff"/><defs>{markers}</defs>'
         f'<g class="edges">{"".join(edges)}</g><g class="nodes">{"".join(nodes)}</g>'
-        f"{_legend(20, height - 34)}</svg>\n"
+        f"{_legend(20, height - 49)}</svg>\n"
     )
 
 
@@ -267,6 +272,43 @@ def report_table_html(report: Report) -> str:
     )
 
 
+def render_sections(
+    graph: Graph | None, report: Report | None, error: str | None = None, graph_title: str | None = None
+) -> tuple[str, list[str]]:
+    """The error, graph, edges and report sections as HTML, and the PromQL behind them."""
+    parts = []
+    if error:
+        parts.append(f"<div class='error' id='error'>{escape(error)}</div>")
+    queries: list[str] = []
+    if graph is not None:
+        parts.append(
+            f"<h2>Service graph</h2><div class='card' id='graph'>{render_svg(graph, graph_title)}</div>"
+            f"<h2>Edges</h2>{_edges_table(graph)}"
+        )
+        parts += [f"<div class='note graph-note'>{escape(n)}</div>" for n in graph.notes]
+        queries += graph.queries
+    if report is not None:
+        parts.append(f"<h2>Egress report</h2>{report_table_html(report)}")
+        queries += [q for q in report.queries if q not in queries]
+    return "".join(parts), queries
+
+
+def queries_panel(queries: list[str]) -> str:
+    """The PromQL, folded: a <details> the reader opens (its <pre id="queries"> can be updated in place)."""
+    return (
+        "<details id='promql'><summary>PromQL used</summary><pre id='queries'>"
+        + escape("\n\n".join(queries))
+        + "</pre></details>"
+    )
+
+
+def page_head(title: str, extra_head: str = "") -> str:
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>{extra_head}<title>{escape(title)}"
+        f"</title><style>{CSS}</style></head><body><h1>{escape(title)}</h1>"
+    )
+
+
 def render_html(
     graph: Graph | None,
     report: Report | None = None,
@@ -279,29 +321,15 @@ def render_html(
     """A self-contained page: inline SVG, tables and queries, no external assets, no JavaScript."""
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     head = f'<meta http-equiv="refresh" content="{refresh_seconds}">' if refresh_seconds else ""
+    sections, queries = render_sections(graph, report, error)
     parts = [
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'>{head}<title>{escape(title)}</title>"
-        f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>"
+        page_head(title, head),
         f"<p class='meta'>{escape(subtitle)} · generated {escape(now)}"
-        f"{f' · refreshes every {refresh_seconds} s' if refresh_seconds else ''}</p>"
+        f"{f' · refreshes every {refresh_seconds} s' if refresh_seconds else ''}</p>",
+        sections,
     ]
-    if error:
-        parts.append(f"<div class='error' id='error'>{escape(error)}</div>")
-    queries: list[str] = []
-    if graph is not None:
-        parts.append(
-            f"<h2>Service graph</h2><div class='card' id='graph'>{render_svg(graph)}</div>"
-            f"<h2>Edges</h2>{_edges_table(graph)}"
-        )
-        parts += [f"<div class='note graph-note'>{escape(n)}</div>" for n in graph.notes]
-        queries += graph.queries
-    if report is not None:
-        parts.append(f"<h2>Egress report</h2>{report_table_html(report)}")
-        queries += [q for q in report.queries if q not in queries]
     if queries:
-        parts.append(
-            "<details><summary>PromQL used</summary><pre>" + escape("\n\n".join(queries)) + "</pre></details>"
-        )
+        parts.append(queries_panel(queries))
     parts.append("</body></html>\n")
     return "".join(parts)
 

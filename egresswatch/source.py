@@ -95,10 +95,11 @@ class PrometheusSource:
             "url": self.client.url,
             "window": self.window.text,
             "window_seconds": self.window.seconds,
+            **({"window_start": self.window.start} if self.window.start is not None else {}),
         }
 
     def where(self) -> str:
-        return f"Prometheus {self.client.url}, last {self.window.text}"
+        return f"Prometheus {self.client.url}, {self.window.describe()}"
 
 
 class ProxiesSource:

@@ -32,13 +32,18 @@ from localmesh.stack import (
     ports_from_env,
     prometheus_config,
     proxy_admins,
+    read_applied,
     read_state,
     taken_ports,
     urls,
+    wait_scraped_since,
 )
 from localmesh.telemetry import max_passthrough_hosts
 
 START_TIMEOUT = 60.0
+# `apply` returns once Prometheus has scraped after the change (a second locally), so traffic sent next
+# is counted in full by windows that start at the change.
+SCRAPE_WAIT = 10.0
 
 
 def _port_overrides(values: list[str]) -> dict[str, int]:
@@ -234,17 +239,19 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
     print(f"localmesh: {state.phase} (supervisor pid {state.supervisor_pid})")
     for name, pid in state.children.items():
         print(f"  {name:<11} pid {pid:<8} {'running' if pid_alive(pid) else 'NOT RUNNING'}")
-    print(f"  egress option: {control.current_option(paths)}")
+    applied = read_applied(paths)
+    since = f" (since {time.strftime('%H:%M:%S', time.localtime(applied.since))})" if applied else ""
+    print(f"  egress option: {control.current_option(paths)}{since}")
     drift = False
-    for proxy, (runs, applied) in control.sync_status(paths, state.ports).items():
-        if runs == applied:
+    for proxy, (runs, wanted) in control.sync_status(paths, state.ports).items():
+        if runs == wanted:
             print(f"  config: {proxy} runs {runs}: SYNCED with the applied config")
         elif runs is None:
             drift = True
-            print(f"  config: {proxy}'s admin port does not say which config it runs (applied is {applied})")
+            print(f"  config: {proxy}'s admin port does not say which config it runs (applied is {wanted})")
         else:
             drift = True
-            print(f"  config: {proxy} runs {runs}, applied is {applied}: DRIFT")
+            print(f"  config: {proxy} runs {runs}, applied is {wanted}: DRIFT")
     if drift:
         print("  a proxy does not run the applied config: `.venv/bin/localmesh push` pushes it again")
     print_urls(state)
@@ -284,6 +291,14 @@ def cmd_apply(args: argparse.Namespace, paths: Paths) -> int:
         return 1
     for line in report:
         print(line)
+    applied = read_applied(paths)
+    prometheus = urls(state.ports, state.prometheus).get("prometheus") if state else None
+    if prometheus and applied and not wait_scraped_since(prometheus, applied.since, SCRAPE_WAIT):
+        print(
+            f"localmesh {args.command}: warning: Prometheus ({prometheus}) has not scraped the proxies "
+            f"since the change; reports that start at it may miss the first requests",
+            file=sys.stderr,
+        )
     if state is None:
         print("localmesh: the stack is not running; the config is saved and takes effect at `make up`")
     return 0

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from localmesh.config import ApplyResult, ClusterState, load_file
 from localmesh.routes import BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY, RouteTable, build_tables, decide_outbound
-from localmesh.stack import EXTERNAL_HOST, ROOT, Paths, Ports, addresses, proxy_admins
+from localmesh.stack import EXTERNAL_HOST, ROOT, Applied, Paths, Ports, addresses, proxy_admins
 
 DEFAULT_MESH_CONFIG = ROOT / "manifests" / "istio" / "mesh-allow-any.yaml"
 DEFAULT_OVERLAY = ROOT / "manifests" / "overlays" / "passthrough"
@@ -118,6 +119,8 @@ def prepare(paths: Paths, ports: Ports, overlay: Path | None) -> None:
     tables = tables_for(state, ports)  # refuses a config the proxies cannot use, before it is saved
     save_state(paths, state)
     write_tables(paths, tables)
+    # The proxies start from these tables, and Prometheus from an empty database: a clean start.
+    Applied(describe(state), time.time()).write(paths)
 
 
 def apply(
@@ -144,6 +147,8 @@ def apply(
     if ports is not None and tables:
         write_tables(paths, tables)
         lines += push(tables, ports, credential(paths))
+        if result.changed:  # in effect from now: every proxy has taken the new table
+            Applied(describe(state), time.time()).write(paths)
     return lines
 
 

@@ -30,6 +30,7 @@ from egresswatch.promql import REQUESTS
 from egresswatch.report import build_report, render_table
 from egresswatch.source import METRICS, ProxiesSource
 from localmesh import cli, control
+from localmesh.demopage import DemoPage, Step
 from localmesh.expected import EGRESS_SELECTOR, EXPECTATIONS, OPTIONS, Expectation
 from localmesh.stack import ROOT, Paths, StackState, default_state_dir, proxy_admins, urls
 
@@ -150,7 +151,9 @@ def verdict(exp: Expectation, n: int, site: SiteOutcome, grown: Mapping[Series, 
     return problems
 
 
-def run_option(option: str, n: int, state: StackState, paths: Paths, counters: Counters) -> bool:
+def run_option(
+    option: str, n: int, state: StackState, paths: Paths, counters: Counters, page: DemoPage | None = None
+) -> bool:
     exp = EXPECTATIONS[option]
     number = OPTIONS.index(option) + 1
     print(f"\n=== Option {number}: {option}: {exp.summary}")
@@ -168,17 +171,37 @@ def run_option(option: str, n: int, state: StackState, paths: Paths, counters: C
     print(f"Site: {site.created} of {n} recipes created" + (f"; failed: {failed}" if failed else ""))
     if site.first_message:
         print(f"    the site said: {site.first_message}")
+    drawn, graph_error = None, ""
     try:
         report = build_report(counters.between(before, after), "recipes")
         print("Metrics (egresswatch report for this step):")
         print("    " + render_table(report).rstrip().replace("\n", "\n    "))
         graph = OUT / f"graph-{option}.svg"
-        write_graph(counters.between(before, after), graph, title=f"recipes: option {number}, {option}")
+        drawn = write_graph(
+            counters.between(before, after), graph, title=f"recipes: option {number}, {option}"
+        )
         print(f"    service graph (Kiali style): {graph.relative_to(ROOT)} and .html")
     except EgressWatchError as err:
+        graph_error = str(err)
         print(f"    egresswatch: {err}")
     grown = egress_growth(before, after)
     problems = verdict(exp, n, site, grown)
+    if page is not None:
+        page.add(
+            Step(
+                number=number,
+                option=option,
+                summary=exp.summary,
+                applied=control.current_option(paths),
+                requested=n,
+                statuses=site.statuses,
+                site_message=site.first_message,
+                graph=drawn,
+                graph_error=graph_error,
+                series=grown,
+                problems=problems,
+            )
+        )
     if problems:
         print(f"Verdict: {paint('MISMATCH')} with Istio for {option}: " + "; ".join(problems))
         return False
@@ -228,7 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = started_here and not args.keep
     try:
         counters = Counters(state)
-        results = {option: run_option(option, args.n, state, paths, counters) for option in args.options}
+        page = DemoPage()
+        results = {
+            option: run_option(option, args.n, state, paths, counters, page) for option in args.options
+        }
+        print(f"\nOne page with every option: {page.write(OUT / 'index.html').relative_to(ROOT)}")
     except KeyboardInterrupt:
         left = "stopping the local mesh it started" if stop else "the local mesh keeps running (make down)"
         print(f"\ndemo: interrupted (Ctrl-C); {left}.", file=sys.stderr)

@@ -14,13 +14,22 @@ import shutil
 import signal
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import yaml
+
 from localmesh.procs import Child, StartError, log_tail, port_in_use, spawn, wait_http, wait_ports_free
 
 ROOT = Path(__file__).resolve().parent.parent
+# The alert and recording rules a cluster's Prometheus loads (scripts/cluster-up.sh); the local one
+# loads every plain Prometheus rule file here too.
+RULES_DIR = ROOT / "manifests" / "monitoring"
+# How long `up` waits, once every process answers, for Prometheus to have scraped each target.
+SCRAPE_TIMEOUT = 30.0
 VENV_BIN = Path(sys.executable).parent
 HTTPBIN_BIN = Path(os.environ.get("HTTPBIN_VENV", ROOT / ".venv-httpbin")) / "bin"
 LOOPBACK = "127.0.0.1"
@@ -100,6 +109,11 @@ class Paths:
         return self.state_dir / "state.json"
 
     @property
+    def applied_file(self) -> Path:
+        """Which egress option is applied and since when (`Applied`)."""
+        return self.state_dir / "applied.json"
+
+    @property
     def config_file(self) -> Path:
         """The applied mesh config (the local stand-in for the cluster's API server)."""
         return self.state_dir / "cluster-state.json"
@@ -169,11 +183,26 @@ def proxy_admins(ports: Ports) -> dict[str, str]:
     }
 
 
-def prometheus_config(ports: Ports) -> str:
-    """Prometheus scrapes both proxies every second, as the Istio addon scrapes Envoy's /stats/prometheus."""
+def rule_files(folder: Path = RULES_DIR) -> list[str]:
+    """The plain Prometheus rule files of `folder` (a top-level `groups:`, no Kubernetes `kind`), sorted.
+
+    The folder also holds the PrometheusRule and kustomization that a cluster's operator reads; those
+    are Kubernetes objects, which Prometheus itself cannot load, so they are left out."""
+    found = []
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        doc = yaml.safe_load(path.read_text())
+        if isinstance(doc, dict) and "groups" in doc and "kind" not in doc:
+            found.append(str(path))
+    return found
+
+
+def prometheus_config(ports: Ports, rules: list[str] | None = None) -> str:
+    """Prometheus scrapes both proxies every second, as the Istio addon scrapes Envoy's /stats/prometheus,
+    and evaluates the egress rules (as written: a rule's `for:` holds locally too) every second."""
     return json.dumps(
         {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": rule_files() if rules is None else rules,
             "scrape_configs": [
                 {
                     "job_name": "envoy-stats",
@@ -320,12 +349,15 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
                 "--host",
                 lo,
                 *(
-                    ["--prometheus", f"http://{lo}:{ports.prometheus}"]
+                    # Its Prometheus scrapes every second: a 10 s rate() shows a switch within seconds.
+                    ["--prometheus", f"http://{lo}:{ports.prometheus}", "--chart-rate", "10s"]
                     if prometheus
                     else ["--proxies", f"{lo}:{ports.gateway_admin}", f"{lo}:{ports.sidecar_admin}"]
                 ),
             ],
             f"http://{lo}:{ports.console}/healthz",
+            # The console finds this stack's applied option (and its windows start) through its state.
+            {"LOCALMESH_STATE": str(paths.state_dir)},
             ports=[ports.console],
         ),
     ]
@@ -346,6 +378,57 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
             )
         )
     return specs
+
+
+def targets_not_scraped(prometheus: str) -> list[str]:
+    """Prometheus's active targets that are not up or not scraped yet, each with its state ([] when
+    all are); raises OSError/ValueError when Prometheus does not answer its /api/v1/targets."""
+    with urllib.request.urlopen(f"{prometheus}/api/v1/targets?state=active", timeout=5) as resp:
+        targets = json.loads(resp.read())["data"]["activeTargets"]
+    if not targets:
+        return ["no active target yet (service discovery has not run)"]
+    return [
+        f"{t['scrapeUrl']}: health {t['health']}" + (f" ({t['lastError']})" if t.get("lastError") else "")
+        for t in targets
+        if t["health"] != "up" or t["lastScrape"].startswith("0001-")
+    ]
+
+
+def wait_targets_scraped(prometheus: str, timeout: float) -> None:
+    """Wait until every active target of Prometheus is up and scraped; StartError naming them if not."""
+    deadline = time.monotonic() + timeout
+    pending = ["Prometheus did not answer /api/v1/targets"]
+    while time.monotonic() < deadline:
+        try:
+            pending = targets_not_scraped(prometheus)
+        except (OSError, ValueError, KeyError) as err:
+            pending = [f"Prometheus did not answer /api/v1/targets ({err})"]
+        if not pending:
+            return
+        time.sleep(0.2)
+    raise StartError(
+        f"Prometheus ({prometheus}) had not scraped every target within {timeout:.0f} s:\n  "
+        + "\n  ".join(pending)
+        + f"\nIts targets page says more: {prometheus}/targets"
+    )
+
+
+def wait_scraped_since(prometheus: str, when: float, timeout: float) -> bool:
+    """Wait until Prometheus holds a scrape of every target taken at `when` (Unix time) or later;
+    False if it has none within timeout. After a switch of option, that scrape is the baseline that
+    lets a window starting at the switch count the requests that follow."""
+    deadline = time.monotonic() + timeout
+    query = urllib.parse.urlencode({"query": "min(timestamp(up))"})
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{prometheus}/api/v1/query?{query}", timeout=5) as resp:
+                result = json.loads(resp.read())["data"]["result"]
+            if result and float(result[0]["value"][1]) >= when:
+                return True
+        except (OSError, ValueError, KeyError):
+            pass  # not answering yet: try again until the deadline
+        time.sleep(0.2)
+    return False
 
 
 def online() -> bool:
@@ -426,6 +509,28 @@ def read_state(paths: Paths) -> StackState | None:
         return None
 
 
+@dataclass
+class Applied:
+    """The egress option in force and when it took effect (Unix time): the moment `up` started the
+    proxies with it, or the moment the running proxies took the push of a change. Reports default to
+    the traffic since then, so one step's numbers never mix with the step before."""
+
+    option: str
+    since: float
+
+    def write(self, paths: Paths) -> None:
+        tmp = paths.applied_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(paths.applied_file)
+
+
+def read_applied(paths: Paths) -> Applied | None:
+    try:
+        return Applied(**json.loads(paths.applied_file.read_text()))
+    except FileNotFoundError:
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     """True while pid runs. A child of ours that exited is reaped here, so it does not linger as
     a zombie that looks alive (the demo is the supervisor's parent when it started the stack)."""
@@ -476,6 +581,11 @@ class Supervisor:
         self._publish("starting")
         for name, child in self.children.items():
             wait_http(child, self.specs[name].ready_url, timeout)
+        if "prometheus" in self.specs:
+            # Ready means queryable: Prometheus hands discovered targets to its scrapers only after
+            # a few seconds (about 5 here), and traffic sent before the first scrape never shows in rate().
+            base = self.specs["prometheus"].ready_url.removesuffix("/-/ready")
+            wait_targets_scraped(base, SCRAPE_TIMEOUT)
         self._publish("ready")
         self._log("all ready")
 
