@@ -57,7 +57,8 @@ def _positive_int(request: flask.Request, name: str, default: int, maximum: int 
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) < 1 or len(raw) > 9:
+    # ASCII digits only: str.isdigit() also accepts "²" and "①", which int() then refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or int(raw) < 1:
         raise BadQuery(
             f"{name}: must be a whole number from 1"
             + (f" to {maximum}" if maximum else "")
