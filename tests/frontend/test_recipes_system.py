@@ -5,16 +5,19 @@ a real idgen under gunicorn, which talks to the real httpbin package. Every proc
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import socket
 import sqlite3
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
 from recipes_testlib import (
@@ -67,7 +70,7 @@ def private_runtime_dir(logs: Path) -> str:
     return tempfile.mkdtemp(prefix="gunicorn-", dir=logs)
 
 
-def site_env(idgen_url: str, db: Path | None, logs: Path, **extra: str) -> dict[str, str]:
+def site_env(idgen_url: str, db: Path | str | None, logs: Path, **extra: str) -> dict[str, str]:
     # Every setting explicit ("" = the default), whatever the environment running the tests holds.
     return {
         **NO_PROXY_ENV,
@@ -82,7 +85,7 @@ def site_env(idgen_url: str, db: Path | None, logs: Path, **extra: str) -> dict[
 
 
 @contextlib.contextmanager
-def site(idgen_url: str, db: Path, logs: Path, **env: str) -> Iterator[str]:
+def site(idgen_url: str, db: Path | str, logs: Path, **env: str) -> Iterator[str]:
     """`make run-frontend`: functions-framework --target=recipes --source=frontend/main.py ..."""
     port = free_port()
     cmd = [
@@ -118,8 +121,8 @@ def start_site(idgen_url: str, logs: Path, tmp_path: Path) -> Iterator[Callable[
     """Start a site on its own fresh database; returns (base URL, database path)."""
     with contextlib.ExitStack() as stack:
 
-        def start(idgen: str = idgen_url, **env: str) -> tuple[str, Path]:
-            db = Path(tempfile.mkdtemp(prefix="site-", dir=tmp_path)) / "recipes.db"
+        def start(idgen: str = idgen_url, db: Path | str | None = None, **env: str) -> tuple[str, Path]:
+            db = db or Path(tempfile.mkdtemp(prefix="site-", dir=tmp_path)) / "recipes.db"
             return stack.enter_context(site(idgen, db, logs, **env)), db
 
         yield start
@@ -249,10 +252,27 @@ def test_csrf_rejection_at_the_real_server(start_site):
 # --- concurrency ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_fifty_concurrent_creates_all_land_with_distinct_ids(start_site, workers):
-    """50 at once against gunicorn's threads (THREADS=8), in one worker process or two sharing the file."""
-    base, db = start_site(WORKERS=workers, THREADS="8")
+def stored(db: Path | str) -> list[tuple[str, str]]:
+    """(id, title) of every stored recipe, read straight from the database, not through the site."""
+    if isinstance(db, Path):
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            return conn.execute("SELECT id, title FROM recipes").fetchall()
+    with psycopg.connect(db) as conn:
+        return conn.execute("SELECT id, title FROM recipes").fetchall()
+
+
+@pytest.mark.parametrize(
+    ("store", "workers"), [("sqlite", "1"), ("sqlite", "2"), ("postgresql", "1"), ("postgresql", "2")]
+)
+def test_fifty_concurrent_creates_all_land_with_distinct_ids(start_site, request, store, workers):
+    """50 at once against gunicorn's threads (THREADS=8), in one worker process or two sharing the
+    database: a SQLite file, or a real PostgreSQL server."""
+    if store == "sqlite":
+        base, db = start_site(WORKERS=workers, THREADS="8")
+    else:
+        url = request.getfixturevalue("postgres_url")
+        base, db = start_site(db=url, WORKERS=workers, THREADS="8", RECIPES_SECRET="s" * 32)
 
     def create(i: int) -> requests.Response:
         with http() as client:
@@ -269,9 +289,40 @@ def test_fifty_concurrent_creates_all_land_with_distinct_ids(start_site, workers
     assert listing["total"] == 50
     assert {r["id"] for r in listing["recipes"]} == set(ids)
     assert {r["title"] for r in listing["recipes"]} == {f"Concurrent {i}" for i in range(50)}
-    assert count_rows(db) == 50
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert sorted(stored(db)) == sorted((r["id"], r["title"]) for r in listing["recipes"])
+
+
+def test_form_create_on_postgresql(start_site, postgres_url):
+    base, db = start_site(db=postgres_url, RECIPES_SECRET="s" * 32)
+    browser = http()
+    response = post_form(browser, base, form_fields(title="Borscht"))
+    assert response.status_code == 303, response.text
+    page = browser.get(base + response.headers["Location"])
+    assert "<h1>Borscht</h1>" in page.text
+    assert [title for _, title in stored(db)] == ["Borscht"]
+    assert browser.get(f"{base}/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    "db", ["postgresql://recipes:hunter2@db:54x2/recipes", "mysql://recipes:hunter2@db/recipes"]
+)
+def test_a_malformed_or_unknown_recipes_db_stops_the_site_at_start(db, logs, tmp_path):
+    """Once, RECIPES_DB=postgresql://... made a folder named "postgresql:" holding a SQLite file."""
+    port = free_port()
+    cmd = [str(FUNCTIONS_FRAMEWORK), "--target=recipes", f"--source={FRONTEND / 'main.py'}"]
+    env = site_env(f"http://127.0.0.1:{free_port()}/id", db, logs, RECIPES_SECRET="s" * 32)
+    result = subprocess.run(
+        [*cmd, "--host=127.0.0.1", f"--port={port}"],
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ConfigError: RECIPES_DB" in result.stderr and "postgresql://USER:PASSWORD@HOST" in result.stderr
+    assert "hunter2" not in result.stderr
+    assert list(tmp_path.iterdir()) == [], "nothing created"
 
 
 # --- the lesson: a blocked egress, end to end ----------------------------------------------------
