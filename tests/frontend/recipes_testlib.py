@@ -6,6 +6,7 @@ answers like idgen does (see /tmp/contracts.md and idgen/app.py), or fails the w
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import re
@@ -190,7 +191,7 @@ def problem(page: str) -> str:
 
 def count_rows(db: Path) -> int:
     """Rows in the recipes table, read straight from the SQLite file (not through the site)."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # sqlite3's own `with` does not close
         return conn.execute("SELECT count(*) FROM recipes").fetchone()[0]
 
 

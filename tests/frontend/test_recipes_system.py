@@ -85,8 +85,11 @@ def site_env(idgen_url: str, db: Path | str | None, logs: Path, **extra: str) ->
 
 
 @contextlib.contextmanager
-def site(idgen_url: str, db: Path | str, logs: Path, **env: str) -> Iterator[str]:
-    """`make run-frontend`: functions-framework --target=recipes --source=frontend/main.py ..."""
+def site(
+    idgen_url: str, db: Path | str, logs: Path, ready_path: str = "/healthz", **env: str
+) -> Iterator[str]:
+    """`make run-frontend`: functions-framework --target=recipes --source=frontend/main.py ...
+    ready_path: what must answer below 500 first (/new needs no storage, for a site whose storage fails)."""
     port = free_port()
     cmd = [
         str(FUNCTIONS_FRAMEWORK),
@@ -98,7 +101,7 @@ def site(idgen_url: str, db: Path | str, logs: Path, **env: str) -> Iterator[str
     with running(
         "recipes site",
         cmd,
-        f"http://127.0.0.1:{port}/healthz",
+        f"http://127.0.0.1:{port}{ready_path}",
         logs / f"site-{port}.log",
         site_env(idgen_url, db, logs, **env),
     ):
@@ -255,7 +258,7 @@ def test_csrf_rejection_at_the_real_server(start_site):
 def stored(db: Path | str) -> list[tuple[str, str]]:
     """(id, title) of every stored recipe, read straight from the database, not through the site."""
     if isinstance(db, Path):
-        with sqlite3.connect(db) as conn:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             return conn.execute("SELECT id, title FROM recipes").fetchall()
     with psycopg.connect(db) as conn:
@@ -395,3 +398,77 @@ def test_idgen_url_pointing_at_httpbin_itself_is_a_clear_502(httpbin_url, logs, 
     assert response.status_code == 502 and response.json()["error"] == "bad_idgen_response"
     assert "HTTP 200 without an ID" in response.json()["message"]
     assert count_rows(tmp_path / "recipes.db") == 0
+
+
+# --- storage faults: a full disk and a read-only filesystem, for real -----------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs of our own: a disk that really fills up and really turns read-only (remount),
+    which no chmod can fake for root. Needs root with CAP_SYS_ADMIN, as .ci/run has."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until the filesystem says ENOSPC; returns it (delete it to free the space)."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * size)
+    return filler
+
+
+def test_full_disk_is_a_503_that_keeps_the_form_and_readiness_reports_it(idgen_url, logs, small_disk):
+    db = small_disk / "recipes.db"
+    with site(idgen_url, db, logs, RECIPES_SECRET="s" * 32) as base:
+        browser = http()
+        assert browser.post(f"{base}/api/recipes", json=RECIPE).status_code == 201
+        filler = fill(small_disk)
+        typed = form_fields(title="Bread on a full disk", steps="Knead.\r\nBake." * 200)
+        response = post_form(browser, base, typed)
+        assert response.status_code == 503, response.text[:300]
+        assert "storage unavailable" in problem(response.text)
+        for name, value in typed.items():
+            assert field_value(response.text, name) == value
+        api = browser.post(f"{base}/api/recipes", json=RECIPE)
+        assert (api.status_code, api.json()["error"]) == (503, "storage_unavailable")
+        health = browser.get(f"{base}/healthz")
+        assert health.status_code == 503 and "the disk is full" in health.json()["message"]
+        filler.unlink()
+        assert browser.post(f"{base}/api/recipes", json=RECIPE).status_code == 201
+        assert browser.get(f"{base}/healthz").json() == {"status": "ok"}, "ready again once a write works"
+    assert count_rows(db) == 2
+
+
+def test_read_only_filesystem_is_a_503_and_readiness_reports_it(idgen_url, logs, small_disk):
+    db = small_disk / "recipes.db"
+    with site(idgen_url, db, logs, RECIPES_SECRET="s" * 32) as base:
+        assert http().post(f"{base}/api/recipes", json=RECIPE).status_code == 201
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with site(idgen_url, db, logs, ready_path="/new", RECIPES_SECRET="s" * 32) as base:
+        browser = http()
+        health = browser.get(f"{base}/healthz")
+        assert health.status_code == 503 and health.json()["error"] == "storage_unavailable"
+        assert "SQLITE_CANTOPEN" in health.json()["message"]
+        typed = form_fields(title="Read-only soup")
+        response = post_form(browser, base, typed)
+        assert response.status_code == 503 and "storage unavailable" in problem(response.text)
+        assert field_value(response.text, "title") == "Read-only soup"
+        listing = browser.get(f"{base}/")
+        assert listing.status_code == 503 and "Storage unavailable" in listing.text
+        assert browser.get(f"{base}/api/recipes").json()["error"] == "storage_unavailable"
