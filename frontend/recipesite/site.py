@@ -417,7 +417,13 @@ class Site:
             stored = self._create(recipe)
         except IdgenError as err:
             extra = {"idgen": err.detail} if err.detail else {}
-            return json_error(err.status, err.code, f"The recipe was not saved. {err.message}", **extra)
+            return json_error(
+                err.status,
+                err.code,
+                f"The recipe was not saved. {err.message}",
+                answered_by=err.answered_by,
+                **extra,
+            )
         except DuplicateIdError as err:
             return json_error(409, "duplicate_id", self._duplicate_message(err), id=err.recipe_id)
         except StorageUnavailable as err:

@@ -427,7 +427,10 @@ FAILURES = [
     ("upstream_unreachable", 503, "upstream_unreachable", ["idgen could not connect to httpbin.org"]),
     ("upstream_timeout", 504, "upstream_timeout", ["idgen's call to httpbin.org timed out"]),
     ("garbage", 502, "bad_idgen_response", ["without an ID or an error code"]),
-    ("no_code_503", 502, "bad_idgen_response", ["HTTP 503", "no healthy upstream"]),
+    ("no_code_503", 503, "idgen_unreachable", ["HTTP 503", "no healthy upstream", "Is IDGEN_URL"]),
+    # The gateway's own reply (no x-envoy-upstream-service-time) is not idgen's answer.
+    ("gateway_503", 503, "idgen_unreachable", ["proxy at 127.0.0.1", "server: istio-envoy", "idgen did not"]),
+    ("behind_gateway_503", 503, "idgen_unreachable", ["something other than idgen", "idgen's sidecar"]),
     ("bad_id", 502, "bad_idgen_response", ["ID the site cannot use"]),
     ("hang", 504, "idgen_timeout", ["did not answer within 1 s"]),
 ]

@@ -32,7 +32,9 @@ from recipes_testlib import (
     problem,
 )
 
+from localmesh.config import load_kustomization, parse
 from localmesh.procs import free_port, running, spawn, wait_http
+from localmesh.routes import build_tables
 
 BIN = ROOT / ".venv" / "bin"
 FUNCTIONS_FRAMEWORK = BIN / "functions-framework"
@@ -353,6 +355,39 @@ def test_idgen_down_is_a_503(start_site):
     base, db = start_site(f"http://127.0.0.1:{free_port()}/id")
     response = http().post(f"{base}/api/recipes", json=RECIPE)
     assert response.status_code == 503 and response.json()["error"] == "idgen_unreachable"
+    assert count_rows(db) == 0
+
+
+def test_idgen_sidecar_down_says_the_gateway_answered_not_idgen(start_site, tmp_path, logs):
+    """The real local ingress gateway (localmesh.proxy, with the route table `localmesh apply`
+    builds from manifests/) routes /id to idgen's sidecar, which is not running: the gateway answers
+    503 itself. The site must say so, not "idgen answered HTTP 503"."""
+    state, _ = parse(load_kustomization(ROOT / "manifests" / "overlays" / "passthrough"))
+    nothing_listens = ("127.0.0.1", free_port())
+    tables = build_tables(
+        state, {"idgen.recipes.svc.cluster.local:80": nothing_listens, "httpbin.org:80": nothing_listens}
+    )
+    routes = tmp_path / "gateway-routes.json"
+    routes.write_text(tables["istio-ingressgateway"].to_json())
+    gateway, admin = free_port(), free_port()
+    cmd = [str(BIN / "python"), "-m", "localmesh.proxy", "--role", "gateway", "--routes", str(routes)]
+    cmd += ["--admin", f"127.0.0.1:{admin}", "--listen", f"127.0.0.1:{gateway}"]
+    with running("gateway", cmd, f"http://127.0.0.1:{admin}/ready", logs / f"gateway-{gateway}.log"):
+        raw = http().get(f"http://127.0.0.1:{gateway}/id")
+        assert raw.headers["server"] == "istio-envoy" and "x-envoy-upstream-service-time" not in raw.headers
+        base, db = start_site(f"http://127.0.0.1:{gateway}/id")
+        browser = http()
+        api = browser.post(f"{base}/api/recipes", json=RECIPE)
+        typed = form_fields(title="Sidecar soup")
+        form = post_form(browser, base, typed)
+    body = api.json()
+    assert (api.status_code, body["error"], body["answered_by"]) == (503, "idgen_unreachable", "proxy")
+    assert f"proxy at 127.0.0.1:{gateway} (server: istio-envoy" in body["message"]
+    assert "answered HTTP 503 itself, without reaching idgen" in body["message"]
+    assert "upstream connect error" in body["message"], "Envoy's own words are quoted"
+    assert "idgen answered" not in body["message"]
+    assert form.status_code == 503 and "idgen did not answer" in problem(form.text)
+    assert field_value(form.text, "title") == "Sidecar soup"
     assert count_rows(db) == 0
 
 
