@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.formparser import FormDataParser
 
 from . import validation
-from .body import BodyTooLarge, body_left_unread, drain, read_limited
+from .body import BodyIncomplete, BodyTooLarge, body_left_unread, drain, read_limited
 from .config import MAX_PER_PAGE, Settings
 from .csrf import (
     COOKIE_NAME,
@@ -57,6 +57,12 @@ STORAGE_MESSAGE = (
 STORAGE_NOT_SAVED = (
     "The recipe was not saved: the site's storage is unavailable right now (storage unavailable). "
     "Submit it again in a while; the site's operators can see the reason at /healthz and in its log."
+)
+
+
+BODY_INCOMPLETE = (
+    "The request body did not arrive in full (the connection ended, or it came too slowly). "
+    "Nothing was saved; send it again."
 )
 
 
@@ -263,6 +269,8 @@ class Site:
                 "nothing was saved. Go back in your browser to get your text back, and "
                 "shorten it (steps: at most 10,000 characters).",
             )
+        except BodyIncomplete:
+            return self._error_page(408, "Form not received", BODY_INCOMPLETE)
         # A form carries five small fields; max_form_parts stops a body of thousands of tiny parts.
         parser = FormDataParser(max_form_memory_size=self.settings.max_body, max_form_parts=20)
         try:
@@ -393,6 +401,8 @@ class Site:
                 "body_too_large",
                 f"The request body is larger than {self.settings.max_body} bytes (64 KB).",
             )
+        except BodyIncomplete:
+            return json_error(408, "body_incomplete", BODY_INCOMPLETE)
         try:
             data = json.loads(body.decode("utf-8"))
         except UnicodeDecodeError as err:

@@ -187,12 +187,18 @@ class SqliteStore:
         with self._storage():
             conn = self._conn()
             conn.execute("SELECT 1 FROM recipes LIMIT 1").fetchall()
-            # Can this connection write? Taking the write lock answers it without writing anything.
-            # SQLITE_BUSY means another connection holds that lock, so the database is writable.
+            # Can this connection write? Taking the write lock is not proof (a read-only WAL
+            # database whose -shm file exists grants it), changing a page is: the header's
+            # user_version, set to the value it has, then rolled back (in WAL mode the page never
+            # leaves the cache). SQLITE_BUSY means another connection holds the lock: writable.
             conn.execute("PRAGMA busy_timeout=0")
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.execute("ROLLBACK")
+                try:
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    conn.execute(f"PRAGMA user_version={int(version)}")
+                finally:
+                    conn.execute("ROLLBACK")
             except sqlite3.OperationalError as err:
                 if getattr(err, "sqlite_errorcode", -1) & 0xFF != 5:
                     raise

@@ -7,11 +7,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import shutil
 import socket
 import sqlite3
 import subprocess
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -90,16 +93,11 @@ def site_env(idgen_url: str, db: Path | str | None, logs: Path, **extra: str) ->
 def site(
     idgen_url: str, db: Path | str, logs: Path, ready_path: str = "/healthz", **env: str
 ) -> Iterator[str]:
-    """`make run-frontend`: functions-framework --target=recipes --source=frontend/main.py ...
+    """What `make run-frontend` runs: gunicorn -c frontend/gunicorn.conf.py, on HOST and PORT.
     ready_path: what must answer below 500 first (/new needs no storage, for a site whose storage fails)."""
     port = free_port()
-    cmd = [
-        str(FUNCTIONS_FRAMEWORK),
-        "--target=recipes",
-        f"--source={FRONTEND / 'main.py'}",
-        "--host=127.0.0.1",
-        f"--port={port}",
-    ]
+    cmd = [str(GUNICORN), "-c", str(FRONTEND / "gunicorn.conf.py")]
+    env = {"HOST": "127.0.0.1", "PORT": str(port), **env}
     with running(
         "recipes site",
         cmd,
@@ -391,6 +389,103 @@ def test_idgen_sidecar_down_says_the_gateway_answered_not_idgen(start_site, tmp_
     assert count_rows(db) == 0
 
 
+def test_make_run_frontend_as_the_readme_shows_it(idgen_url, logs, tmp_path):
+    """`make run-frontend` (HOST, PORT, IDGEN_URL and RECIPES_DB from the environment)."""
+    port = free_port()
+    env = site_env(idgen_url, tmp_path / "recipes.db", logs, HOST="127.0.0.1", PORT=str(port))
+    cmd = ["make", "--no-print-directory", "-C", str(ROOT), "run-frontend"]
+    with running("make run-frontend", cmd, f"http://127.0.0.1:{port}/healthz", logs / "make.log", env):
+        response = http().post(f"http://127.0.0.1:{port}/api/recipes", json=RECIPE)
+    assert response.status_code == 201, response.text
+    assert count_rows(tmp_path / "recipes.db") == 1
+
+
+# --- slow clients ("slowloris") ------------------------------------------------------------------
+
+
+class SlowClients:
+    """`count` connections that each send a request one byte per `pace` seconds and never finish it:
+    half trickle the head, half a body after a complete head. Each stops sending once the server has
+    answered or closed; `outcome[i]` is then what it got (the status code, "closed" or "reset")."""
+
+    HEAD = b"GET /healthz HTTP/1.1\r\nHost: slow\r\nUser-Agent: " + b"s" * 10_000
+    BODY_HEAD = (
+        b"POST /api/recipes HTTP/1.1\r\nHost: slow\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 60000\r\n\r\n"
+    )
+
+    def __init__(self, base: str, count: int, pace: float = 0.5) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.socks = [socket.create_connection((host, int(port)), timeout=10) for _ in range(count)]
+        self.kinds = ["head" if i % 2 == 0 else "body" for i in range(count)]
+        for sock, kind in zip(self.socks, self.kinds, strict=True):
+            sock.sendall(self.BODY_HEAD if kind == "body" else self.HEAD[:1])
+        self.sent = [1] * count
+        self.outcome: dict[int, str] = {}
+        self.rounds = 0
+        self._pace = pace
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._trickle, name="slowloris", daemon=True)
+
+    def _trickle(self) -> None:
+        while not self._stop.wait(self._pace):
+            for i, sock in enumerate(self.socks):
+                if i in self.outcome:
+                    continue
+                if select.select([sock], [], [], 0)[0]:
+                    try:
+                        data = sock.recv(100)
+                        self.outcome[i] = data.split(b" ", 2)[1].decode() if data else "closed"
+                    except OSError:
+                        self.outcome[i] = "reset"
+                    continue
+                byte = self.HEAD[self.sent[i] : self.sent[i] + 1] if self.kinds[i] == "head" else b" "
+                with contextlib.suppress(OSError):
+                    sock.send(byte or b"s")
+                self.sent[i] += 1
+            self.rounds += 1
+
+    def __enter__(self) -> SlowClients:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for sock in self.socks:
+            sock.close()
+
+    def wait(self, done: Callable[[], bool], seconds: float) -> bool:
+        """Poll `done` for at most `seconds` (a bounded wait, not a timing claim)."""
+        deadline = time.monotonic() + seconds
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+
+def test_a_hundred_slow_clients_do_not_freeze_the_site(start_site):
+    """100 clients trickling a head or a body, held open: the site still answers /healthz and saves
+    recipes, and ends each slow client with 408 once its deadline has passed (recipesite/server.py).
+    Once, 8 such clients (4 threads x 2 CPUs) made /healthz time out."""
+    base, db = start_site()
+    with SlowClients(base, 100) as slow:
+        assert slow.wait(lambda: slow.rounds >= 4, 30), "the slow clients got going"
+        client = http()
+        for _ in range(5):
+            assert client.get(f"{base}/healthz", timeout=5).json() == {"status": "ok"}
+        assert client.post(f"{base}/api/recipes", json=RECIPE, timeout=10).status_code == 201
+        assert len(slow.outcome) < 100, "they were still held open while the site answered"
+        assert slow.wait(lambda: len(slow.outcome) == 100, 90), f"not all cut: {len(slow.outcome)}"
+    heads = {slow.outcome[i] for i in range(0, 100, 2)}
+    bodies = {slow.outcome[i] for i in range(1, 100, 2)}
+    # 408 when the answer was read before the close; "closed"/"reset" if the close came first.
+    assert "408" in heads and heads <= {"408", "closed", "reset"}, heads
+    assert "408" in bodies and bodies <= {"408", "closed", "reset"}, bodies
+    assert count_rows(db) == 1
+
+
 # --- deployed as a Cloud Function: frontend/ is the whole source ----------------------------------
 
 
@@ -490,20 +585,40 @@ def test_full_disk_is_a_503_that_keeps_the_form_and_readiness_reports_it(idgen_u
     assert count_rows(db) == 2
 
 
-def test_read_only_filesystem_is_a_503_and_readiness_reports_it(idgen_url, logs, small_disk):
+# One recipe stored by the site's own store, then the process closes its connection (the -wal and
+# -shm files go) or dies without closing it (they stay, as after a crash; SQLite can then still read
+# the file on read-only media).
+PREPARE_DB = """
+import os, sys
+sys.path.append(sys.argv[3])
+from recipesite.store_sqlite import SqliteStore
+store = SqliteStore(sys.argv[1])
+store.add("r1", "Old soup", "", ["x"], "")
+if sys.argv[2] == "crash":
+    os._exit(0)
+store.close()
+"""
+
+
+@pytest.mark.parametrize("left", ["closed", "crash"])
+def test_read_only_filesystem_is_a_503_and_readiness_reports_it(idgen_url, logs, small_disk, left):
     db = small_disk / "recipes.db"
-    with site(idgen_url, db, logs, RECIPES_SECRET="s" * 32) as base:
-        assert http().post(f"{base}/api/recipes", json=RECIPE).status_code == 201
+    subprocess.run([str(BIN / "python"), "-c", PREPARE_DB, str(db), left, str(FRONTEND)], check=True)
+    assert (small_disk / "recipes.db-shm").exists() == (left == "crash")
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     with site(idgen_url, db, logs, ready_path="/new", RECIPES_SECRET="s" * 32) as base:
         browser = http()
         health = browser.get(f"{base}/healthz")
         assert health.status_code == 503 and health.json()["error"] == "storage_unavailable"
-        assert "SQLITE_CANTOPEN" in health.json()["message"]
+        assert ("SQLITE_READONLY" if left == "crash" else "SQLITE_CANTOPEN") in health.json()["message"]
         typed = form_fields(title="Read-only soup")
         response = post_form(browser, base, typed)
         assert response.status_code == 503 and "storage unavailable" in problem(response.text)
         assert field_value(response.text, "title") == "Read-only soup"
+        api = browser.post(f"{base}/api/recipes", json=RECIPE)
+        assert (api.status_code, api.json()["error"]) == (503, "storage_unavailable")
         listing = browser.get(f"{base}/")
-        assert listing.status_code == 503 and "Storage unavailable" in listing.text
-        assert browser.get(f"{base}/api/recipes").json()["error"] == "storage_unavailable"
+        if left == "crash":
+            assert listing.status_code == 200 and "Old soup" in listing.text, "reads still work"
+        else:
+            assert listing.status_code == 503 and "Storage unavailable" in listing.text
