@@ -306,6 +306,20 @@ def test_form_create_on_postgresql(start_site, postgres_url):
     assert browser.get(f"{base}/healthz").json() == {"status": "ok"}
 
 
+def test_postgresql_down_the_site_starts_and_says_storage_unavailable(start_site):
+    """A database that does not answer (nothing listens on its port): the site still starts, its
+    readiness and its creates say storage unavailable, and /healthz names the database (no password)."""
+    url = f"postgresql://recipes:hunter2@127.0.0.1:{free_port()}/recipes"
+    base, _ = start_site(db=url, ready_path="/new", RECIPES_SECRET="s" * 32)
+    client = http()
+    health = client.get(f"{base}/healthz", timeout=30)
+    assert health.status_code == 503 and health.json()["error"] == "storage_unavailable"
+    assert "PostgreSQL at postgresql://recipes@127.0.0.1:" in health.json()["message"]
+    assert "hunter2" not in health.text
+    created = client.post(f"{base}/api/recipes", json=RECIPE, timeout=30)
+    assert (created.status_code, created.json()["error"]) == (503, "storage_unavailable")
+
+
 @pytest.mark.parametrize(
     "db", ["postgresql://recipes:hunter2@db:54x2/recipes", "mysql://recipes:hunter2@db/recipes"]
 )
