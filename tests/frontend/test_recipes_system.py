@@ -320,16 +320,29 @@ def test_postgresql_down_the_site_starts_and_says_storage_unavailable(start_site
     assert (created.status_code, created.json()["error"]) == (503, "storage_unavailable")
 
 
+@pytest.mark.parametrize("server", ["functions-framework", "gunicorn.conf.py"])
 @pytest.mark.parametrize(
     "db", ["postgresql://recipes:hunter2@db:54x2/recipes", "mysql://recipes:hunter2@db/recipes"]
 )
-def test_a_malformed_or_unknown_recipes_db_stops_the_site_at_start(db, logs, tmp_path):
-    """Once, RECIPES_DB=postgresql://... made a folder named "postgresql:" holding a SQLite file."""
-    port = free_port()
-    cmd = [str(FUNCTIONS_FRAMEWORK), "--target=recipes", f"--source={FRONTEND / 'main.py'}"]
-    env = site_env(f"http://127.0.0.1:{free_port()}/id", db, logs, RECIPES_SECRET="s" * 32)
+def test_a_malformed_or_unknown_recipes_db_stops_the_site_at_start(db, server, logs, tmp_path):
+    """Once, RECIPES_DB=postgresql://... made a folder named "postgresql:" holding a SQLite file.
+    Both ways the site is served: functions-framework's command (deployed) and make run-frontend's."""
+    cmd = (
+        [str(FUNCTIONS_FRAMEWORK), "--target=recipes", f"--source={FRONTEND / 'main.py'}"]
+        if server == "functions-framework"
+        else [str(GUNICORN), "-c", str(FRONTEND / "gunicorn.conf.py")]
+    )
+    # Both read HOST and PORT from the environment (functions-framework: --host, --port).
+    env = site_env(
+        f"http://127.0.0.1:{free_port()}/id",
+        db,
+        logs,
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+        RECIPES_SECRET="s" * 32,
+    )
     result = subprocess.run(
-        [*cmd, "--host=127.0.0.1", f"--port={port}"],
+        cmd,
         env={**os.environ, **env},
         cwd=tmp_path,
         capture_output=True,
