@@ -67,7 +67,7 @@ run-idgen: $(READY) ## idgen alone under gunicorn on $HOST:$PORT (UPSTREAM_URL, 
 	exec $(BIN)/gunicorn -c idgen/gunicorn.conf.py 'idgen.app:create_app()'
 
 run-frontend: $(READY) ## the recipe site alone on $HOST:$PORT (IDGEN_URL, RECIPES_DB from env)
-	exec $(BIN)/functions-framework --target=recipes --source=frontend/main.py --host=$(HOST) --port=$(PORT)
+	exec $(BIN)/gunicorn -c frontend/gunicorn.conf.py
 
 run-httpbin: $(READY) ## the local stand-in for httpbin.org alone on $HOST:$PORT
 	exec $(HTTPBIN_VENV)/bin/gunicorn --bind $(HOST):$(PORT) --workers 2 --access-logfile - httpbin:app

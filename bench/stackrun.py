@@ -52,20 +52,15 @@ def no_mesh(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[Dir
         ) as idgen_child,
         running(
             "frontend",
-            [
-                str(Path(PY).parent / "functions-framework"),
-                "--target=recipes",
-                f"--source={ROOT / 'frontend' / 'main.py'}",
-                f"--host={lo}",
-                f"--port={site}",
-            ],
+            [str(Path(PY).parent / "gunicorn"), "-c", str(ROOT / "frontend" / "gunicorn.conf.py")],
             f"http://{lo}:{site}/healthz",
             logs / "frontend.log",
             env=base
             | {
+                "HOST": lo,
+                "PORT": str(site),
                 "IDGEN_URL": f"http://{lo}:{idgen}/id",
                 "RECIPES_DB": str(workdir / "recipes.db"),
-                "XDG_RUNTIME_DIR": str(workdir),
             },
         ) as frontend_child,
     ):

@@ -1,6 +1,8 @@
 """The recipe site as one HTTP Cloud Function: `recipes(request)`.
 
-Run locally (from the repository root):
+Run locally (from the repository root; `make run-frontend`):
+    gunicorn -c frontend/gunicorn.conf.py
+or with functions-framework's own server and its fixed settings:
     functions-framework --target=recipes --source=frontend/main.py --host=127.0.0.1 --port=8080
 Deploy: see DEPLOY.md in this folder (the folder is the function's whole source).
 

@@ -89,7 +89,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
     if problems:
         print("localmesh up: cannot start:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
-    for folder in (paths.logs, paths.routes_file("x").parent, paths.prometheus_dir, paths.state_dir / "run"):
+    for folder in (paths.logs, paths.routes_file("x").parent, paths.prometheus_dir):
         folder.mkdir(parents=True, exist_ok=True)
     try:
         control.prepare(paths, ports, args.kustomize)

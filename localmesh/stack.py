@@ -320,20 +320,14 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
         ),
         ChildSpec(
             "frontend",
-            [
-                str(VENV_BIN / "functions-framework"),
-                "--target=recipes",
-                f"--source={ROOT / 'frontend' / 'main.py'}",
-                f"--host={lo}",
-                f"--port={ports.site}",
-            ],
+            # The site's server settings live in frontend/gunicorn.conf.py, as for `make run-frontend`.
+            [str(VENV_BIN / "gunicorn"), "-c", str(ROOT / "frontend" / "gunicorn.conf.py")],
             f"http://{lo}:{ports.site}/healthz",
             {
+                "HOST": lo,
+                "PORT": str(ports.site),
                 "IDGEN_URL": f"http://{lo}:{ports.gateway}/id",
                 "RECIPES_DB": str(paths.recipes_db),
-                # functions-framework cannot turn off gunicorn 27's control socket, which otherwise
-                # lands in one path shared by every server of the user ($HOME/.gunicorn).
-                "XDG_RUNTIME_DIR": str(paths.state_dir / "run"),
             },
             ports=[ports.site],
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import flask
+from werkzeug.exceptions import ClientDisconnected
 
 # How much of a refused body is read and thrown away so the connection can serve the next request.
 # gunicorn (27) drains at most 64 KB itself and otherwise closes the connection right after a response
@@ -13,6 +14,11 @@ DRAIN_MAX_BYTES = 1024 * 1024
 
 class BodyTooLarge(Exception):
     """The body is over the limit: by its Content-Length, or by what actually arrived."""
+
+
+class BodyIncomplete(Exception):
+    """The body stopped before its end: the client went away, or the server cut a client that sent
+    it too slowly (recipesite.server)."""
 
 
 def read_limited(request: flask.Request, limit: int) -> bytes:
@@ -28,13 +34,20 @@ def read_limited(request: flask.Request, limit: int) -> bytes:
     size = 0
     stream = request.stream
     while size <= limit:
-        chunk = stream.read(min(65536, limit + 1 - size))
+        try:
+            chunk = stream.read(min(65536, limit + 1 - size))
+        except (ClientDisconnected, OSError) as err:  # werkzeug's, or gunicorn's NoMoreData (an OSError)
+            raise BodyIncomplete from err
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
     if size > limit:
         raise BodyTooLarge
+    if length is not None and size < length:
+        # gunicorn marks its input as terminated, so werkzeug does not check this; a short body
+        # must not be parsed as if it were the whole one.
+        raise BodyIncomplete
     request.environ["recipes.body_read"] = True
     return b"".join(chunks)
 
@@ -65,7 +78,10 @@ def drain(request: flask.Request, max_bytes: int = DRAIN_MAX_BYTES) -> bool:
     if length is None or length > max_bytes:
         return False
     stream = request.stream
-    while stream.read(65536):
-        pass
+    try:
+        while stream.read(65536):
+            pass
+    except (ClientDisconnected, OSError):  # the body ended early: there is nothing left to drain
+        return False
     request.environ["recipes.body_read"] = True
     return True

@@ -57,7 +57,7 @@ class CsrfSigner:
         if not token:
             return "missing_token"
         issued_text, _, sig = token.partition(".")
-        if not issued_text.isdigit() or not sig:
+        if not (issued_text.isascii() and issued_text.isdigit()) or not sig:  # int() refuses "²"
             return "malformed_token"
         issued = int(issued_text)
         if not hmac.compare_digest(sig, self._sig(cookie_value, issued)):

@@ -33,6 +33,9 @@ class IdgenError(Exception):
     status: int  # what the site answers with: 502, 503 or 504
     message: str  # for people: what happened and, where possible, what to do
     detail: dict[str, Any] = field(default_factory=dict)  # idgen's JSON error body, when it sent one
+    # Who sent the failing answer: "idgen" (its JSON error), "proxy" (a gateway or sidecar's own
+    # reply), "behind_proxy" (something behind the proxy, not idgen), "unknown", or "nobody".
+    answered_by: str = "nobody"
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -101,16 +104,57 @@ class IdgenClient:
                 "bad_idgen_response",
                 502,
                 f"idgen answered with an ID the site cannot use: {body['id'][:80]!r}.",
+                answered_by="idgen",
             )
         if isinstance(body, dict) and isinstance(body.get("error"), str) and resp.status_code >= 400:
             code = body["error"]
             status = resp.status_code if resp.status_code in (502, 503, 504) else 502
             upstream = body.get("upstream") if isinstance(body.get("upstream"), str) else ""
             message = body.get("message") if isinstance(body.get("message"), str) else ""
-            raise IdgenError(code, status, _explain(code, message, upstream), body)
-        snippet = resp.text[:200].strip() or "(empty body)"
-        raise IdgenError(
-            "bad_idgen_response",
-            502,
-            f"idgen at {where} answered HTTP {resp.status_code} without an ID or an error code: {snippet!r}.",
+            raise IdgenError(code, status, _explain(code, message, upstream), body, "idgen")
+        raise _not_from_idgen(resp, where, self.url)
+
+
+def _not_from_idgen(resp: requests.Response, where: str, url: str) -> IdgenError:
+    """An answer without idgen's ID or idgen's JSON error: say who sent it, from its headers.
+
+    Istio's gateways and inbound listeners answer with `server: istio-envoy` (they overwrite the
+    upstream's Server header), a sidecar's outbound listener with Envoy's default `server: envoy`
+    (istio/istio pilot/pkg/networking/util GetProxyHeadersFromProxyConfig). Envoy's router adds
+    `x-envoy-upstream-service-time` only to a response that came from its upstream (envoyproxy/envoy
+    source/common/router/router.cc), so a gateway's own reply (503 "no healthy upstream", or
+    "upstream connect error ..." when idgen's sidecar is down) has none.
+    """
+    status = resp.status_code
+    snippet = resp.text[:200].strip() or "(empty body)"
+    server = resp.headers.get("server", "")
+    code, site_status = {503: ("idgen_unreachable", 503), 504: ("idgen_timeout", 504)}.get(
+        status, ("bad_idgen_response", 502)
+    )
+    if server in ("istio-envoy", "envoy") and "x-envoy-upstream-service-time" not in resp.headers:
+        who = "proxy"
+        message = (
+            f"The mesh's proxy at {where} (server: {server}; IDGEN_URL {url}) answered HTTP {status} "
+            f"itself, without reaching idgen: {snippet!r}. idgen did not answer. "
+            + (
+                "Is idgen (its pod, or the sidecar in front of it) running and ready?"
+                if status in (502, 503, 504)
+                else "Does the gateway route /id to idgen (Gateway and VirtualService applied)?"
+            )
         )
+    elif server in ("istio-envoy", "envoy"):
+        who = "behind_proxy"
+        message = (
+            f"Through the mesh's proxy at {where} (server: {server}; IDGEN_URL {url}), something other "
+            f"than idgen answered HTTP {status} without idgen's error body: {snippet!r}. Most likely "
+            "idgen's sidecar, which could not reach the idgen container: is it running?"
+        )
+    else:
+        who = "unknown"
+        message = (
+            f"The server at {where} (IDGEN_URL {url}"
+            + (f", server: {server}" if server else "")
+            + f") answered HTTP {status} without an ID or an error code: {snippet!r}. "
+            "Is IDGEN_URL idgen's /id endpoint?"
+        )
+    return IdgenError(code, site_status, message, answered_by=who)

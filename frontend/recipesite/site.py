@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.formparser import FormDataParser
 
 from . import validation
-from .body import BodyTooLarge, body_left_unread, drain, read_limited
+from .body import BodyIncomplete, BodyTooLarge, body_left_unread, drain, read_limited
 from .config import MAX_PER_PAGE, Settings
 from .csrf import (
     COOKIE_NAME,
@@ -30,7 +30,7 @@ from .csrf import (
 )
 from .idgen_client import ID_RE, IdgenClient, IdgenError
 from .pages import Pages
-from .store import DuplicateIdError, Recipe, RecipeStore
+from .store import DuplicateIdError, Recipe, StorageUnavailable, open_store
 
 log = logging.getLogger("recipes")
 
@@ -49,6 +49,23 @@ CSRF_DEFAULT = (
 )
 
 
+# For users; the reason (disk full, read-only, database down) goes to the log and to /healthz.
+STORAGE_MESSAGE = (
+    "The site's storage is unavailable right now (storage unavailable), so nothing was read or saved. "
+    "Try again in a while; the site's operators can see the reason at /healthz and in its log."
+)
+STORAGE_NOT_SAVED = (
+    "The recipe was not saved: the site's storage is unavailable right now (storage unavailable). "
+    "Submit it again in a while; the site's operators can see the reason at /healthz and in its log."
+)
+
+
+BODY_INCOMPLETE = (
+    "The request body did not arrive in full (the connection ended, or it came too slowly). "
+    "Nothing was saved; send it again."
+)
+
+
 class BadQuery(ValueError):
     """A query parameter (page, per_page) is not usable; the message names it."""
 
@@ -57,7 +74,8 @@ def _positive_int(request: flask.Request, name: str, default: int, maximum: int 
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) < 1 or len(raw) > 9:
+    # ASCII digits only: str.isdigit() also accepts "²" and "①", which int() then refuses.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or int(raw) < 1:
         raise BadQuery(
             f"{name}: must be a whole number from 1"
             + (f" to {maximum}" if maximum else "")
@@ -84,10 +102,10 @@ class Site:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = RecipeStore(settings.db_path)
-        secret = settings.secret or load_or_create_secret(
-            settings.db_path.with_name(settings.db_path.name + ".secret")
-        )
+        self.store = open_store(settings.db)
+        db_path = settings.db_path
+        # Settings refuse a PostgreSQL URL without RECIPES_SECRET, so db_path is set when it is needed.
+        secret = settings.secret or load_or_create_secret(db_path.with_name(db_path.name + ".secret"))
         if len(secret) < 16:
             raise ValueError("RECIPES_SECRET must be at least 16 characters long")
         self.csrf = CsrfSigner(secret)
@@ -101,6 +119,13 @@ class Site:
         api = path == "/api" or path.startswith("/api/") or path == "/healthz"
         try:
             response = self._route(request, path, api)
+        except StorageUnavailable as err:
+            log.error("storage unavailable on %s %s: %s", request.method, request.path, err.reason)
+            response = (
+                json_error(503, "storage_unavailable", STORAGE_MESSAGE)
+                if api
+                else self._error_page(503, "Storage unavailable", STORAGE_MESSAGE)
+            )
         except Exception:
             # functions-framework's own 500 handler would send the exception text to the client.
             log.exception("unhandled error on %s %s", request.method, request.path)
@@ -244,6 +269,8 @@ class Site:
                 "nothing was saved. Go back in your browser to get your text back, and "
                 "shorten it (steps: at most 10,000 characters).",
             )
+        except BodyIncomplete:
+            return self._error_page(408, "Form not received", BODY_INCOMPLETE)
         # A form carries five small fields; max_form_parts stops a body of thousands of tiny parts.
         parser = FormDataParser(max_form_memory_size=self.settings.max_body, max_form_parts=20)
         try:
@@ -287,6 +314,15 @@ class Site:
             return self._form(
                 request, 409, values, problem=self._duplicate_message(err), problem_code="duplicate_id"
             )
+        except StorageUnavailable as err:
+            log.error("recipe not saved, storage unavailable: %s", err.reason)
+            return self._form(
+                request,
+                503,
+                values,
+                problem=f"{STORAGE_NOT_SAVED} Your input is kept below.",
+                problem_code="storage_unavailable",
+            )
         # Post/Redirect/Get: reloading the recipe page does not submit the form again.
         return flask.Response("", 303, {"Location": self.pages.url(f"/recipes/{stored.id}", created=1)})
 
@@ -311,8 +347,14 @@ class Site:
     # --- JSON API ----------------------------------------------------------------------------------
 
     def healthz(self) -> flask.Response:
-        # Local checks only: never idgen, or a blocked egress would make the site look down.
-        self.store.ping()
+        # Local checks only: never idgen, or a blocked egress would make the site look down. The
+        # store must be readable and writable: a site that cannot save recipes is not ready.
+        try:
+            self.store.ping()
+        except StorageUnavailable as err:
+            return json_response(
+                {"status": "unavailable", "error": "storage_unavailable", "message": err.reason}, 503
+            )
         return json_response({"status": "ok"})
 
     def api_list(self, request: flask.Request) -> flask.Response:
@@ -359,6 +401,8 @@ class Site:
                 "body_too_large",
                 f"The request body is larger than {self.settings.max_body} bytes (64 KB).",
             )
+        except BodyIncomplete:
+            return json_error(408, "body_incomplete", BODY_INCOMPLETE)
         try:
             data = json.loads(body.decode("utf-8"))
         except UnicodeDecodeError as err:
@@ -383,7 +427,16 @@ class Site:
             stored = self._create(recipe)
         except IdgenError as err:
             extra = {"idgen": err.detail} if err.detail else {}
-            return json_error(err.status, err.code, f"The recipe was not saved. {err.message}", **extra)
+            return json_error(
+                err.status,
+                err.code,
+                f"The recipe was not saved. {err.message}",
+                answered_by=err.answered_by,
+                **extra,
+            )
         except DuplicateIdError as err:
             return json_error(409, "duplicate_id", self._duplicate_message(err), id=err.recipe_id)
+        except StorageUnavailable as err:
+            log.error("recipe not saved, storage unavailable: %s", err.reason)
+            return json_error(503, "storage_unavailable", STORAGE_NOT_SAVED)
         return json_response(stored.to_json(), 201, {"Location": self.pages.url(f"/api/recipes/{stored.id}")})

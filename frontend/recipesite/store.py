@@ -1,36 +1,37 @@
-"""Recipes in SQLite: one file, WAL mode, the ID as primary key, safe under gunicorn threads and workers.
+"""Where recipes are kept: one interface, two stores, chosen by RECIPES_DB.
 
-functions-framework serves the function with gunicorn's gthread worker (THREADS, default 4 per CPU) and
-optionally several worker processes (WORKERS). SQLite connections must not be shared between threads
-without care nor carried across fork(), so each (process, thread) gets its own connection, opened on
-first use. WAL lets readers run while one writer writes; busy_timeout makes a writer wait for the lock
-instead of failing at once with "database is locked".
+- a file path (the default, `data/recipes.db`): SQLite, for one machine (store_sqlite.py);
+- `postgresql://...`: PostgreSQL, for a deployed site whose instances share one database, e.g.
+  Cloud SQL (store_postgres.py).
+
+Both give the same guarantees: a recipe is written by one INSERT, so it is stored whole or not at
+all; the ID is the primary key, so a duplicate is refused (DuplicateIdError) and never overwrites;
+a store that cannot read or write raises StorageUnavailable, which the site answers with 503.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sqlite3
-import threading
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-BUSY_TIMEOUT_MS = 10_000
+# A URL's scheme (RFC 3986): what tells a database URL from a file path.
+SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+POSTGRES_SCHEMES = ("postgresql", "postgres")  # the two libpq accepts
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS recipes (
-    id          TEXT PRIMARY KEY,                                   -- from idgen
-    title       TEXT NOT NULL CHECK (length(title) BETWEEN 1 AND 200),
-    author      TEXT NOT NULL DEFAULT '' CHECK (length(author) <= 100),
-    ingredients TEXT NOT NULL CHECK (json_valid(ingredients)),      -- JSON array of strings
-    steps       TEXT NOT NULL DEFAULT '' CHECK (length(steps) <= 10000),
-    created_at  TEXT NOT NULL                                       -- ISO 8601, UTC, microseconds
-);
-CREATE INDEX IF NOT EXISTS recipes_newest ON recipes (created_at);
-"""
+
+class StoreConfigError(ValueError):
+    """RECIPES_DB names no store the site can use; the message says what is wrong and what works."""
+
+
+class StorageUnavailable(Exception):
+    """The store cannot be read or written right now (disk full, read-only, database down)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class DuplicateIdError(Exception):
@@ -48,7 +49,7 @@ class Recipe:
     author: str
     ingredients: list[str]
     steps: str
-    created_at: str
+    created_at: str  # ISO 8601, UTC, microseconds, "Z"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,49 +74,26 @@ class Page:
         return max(1, -(-self.total // self.per_page))
 
 
-def _row(row: sqlite3.Row) -> Recipe:
+def iso_utc(moment: datetime) -> str:
+    """The one text form of a timestamp, whichever store keeps it: 2026-11-27T12:40:00.000000Z."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def new_recipe(
+    recipe_id: str,
+    title: str,
+    author: str,
+    ingredients: list[str],
+    steps: str,
+    created_at: datetime | None = None,
+) -> Recipe:
     return Recipe(
-        id=row["id"],
-        title=row["title"],
-        author=row["author"],
-        ingredients=json.loads(row["ingredients"]),
-        steps=row["steps"],
-        created_at=row["created_at"],
+        recipe_id, title, author, list(ingredients), steps, iso_utc(created_at or datetime.now(UTC))
     )
 
 
-class RecipeStore:
-    """All reads and writes of recipes. Create one per process (it opens connections lazily)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        # Schema on start, on a connection closed right away: functions-framework builds the app in
-        # gunicorn's master and forks workers, and an open SQLite connection must not cross a fork.
-        conn = self._open()
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
-            conn.executescript(SCHEMA)
-        finally:
-            conn.close()
-
-    def _open(self) -> sqlite3.Connection:
-        # isolation_level=None: autocommit; the few multi-statement reads use explicit BEGIN/COMMIT.
-        conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=True
-        )
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: durable except on power loss
-        return conn
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            conn = self._local.conn = self._open()
-            self._local.pid = os.getpid()
-        return conn
+class RecipeStore(Protocol):
+    """All reads and writes of recipes. One per process; safe to call from any thread."""
 
     def add(
         self,
@@ -126,50 +104,76 @@ class RecipeStore:
         steps: str,
         created_at: datetime | None = None,
     ) -> Recipe:
-        """Insert one recipe in a single statement: it is stored whole or not at all."""
-        when = (created_at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
-        recipe = Recipe(recipe_id, title, author, list(ingredients), steps, when.replace("+00:00", "Z"))
-        try:
-            self._conn().execute(
-                "INSERT INTO recipes (id, title, author, ingredients, steps, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    recipe.id,
-                    recipe.title,
-                    recipe.author,
-                    json.dumps(recipe.ingredients, ensure_ascii=False),
-                    recipe.steps,
-                    recipe.created_at,
-                ),
-            )
-        except sqlite3.IntegrityError as err:
-            if "UNIQUE" in str(err) or "PRIMARY KEY" in str(err):
-                raise DuplicateIdError(recipe_id) from err
-            raise
-        return recipe
+        """Insert one recipe: stored whole or not at all. DuplicateIdError, StorageUnavailable."""
+        ...
 
-    def get(self, recipe_id: str) -> Recipe | None:
-        row = self._conn().execute("SELECT * FROM recipes WHERE id = ?", (recipe_id,)).fetchone()
-        return _row(row) if row else None
+    def get(self, recipe_id: str) -> Recipe | None: ...
 
     def page(self, page: int, per_page: int) -> Page:
-        """Newest first; rowid breaks ties between recipes created in the same microsecond."""
-        conn = self._conn()
-        # One read transaction: the count and the rows come from the same snapshot (WAL isolation).
-        conn.execute("BEGIN")
-        try:
-            total = conn.execute("SELECT count(*) FROM recipes").fetchone()[0]
-            rows = conn.execute(
-                "SELECT * FROM recipes ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-                (per_page, (page - 1) * per_page),
-            ).fetchall()
-        finally:
-            conn.execute("COMMIT")
-        return Page([_row(r) for r in rows], total, page, per_page)
+        """Newest first, with the total, from one snapshot."""
+        ...
 
-    def count(self) -> int:
-        return self._conn().execute("SELECT count(*) FROM recipes").fetchone()[0]
+    def count(self) -> int: ...
 
     def ping(self) -> None:
-        """Raise if the database cannot be read (for /healthz)."""
-        self._conn().execute("SELECT 1 FROM recipes LIMIT 1").fetchall()
+        """Raise StorageUnavailable unless recipes can be read and written (for /healthz)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of this thread's or process's connections (tests; a server process just exits)."""
+        ...
+
+
+class WriteHealth:
+    """The last write's outcome, for readiness: a disk that filled up shows no sign until a write
+    fails, so a failed write keeps readiness down until a later write succeeds."""
+
+    def __init__(self) -> None:
+        self.failure: str | None = None
+
+    def failed(self, reason: str) -> None:
+        self.failure = reason
+
+    def succeeded(self) -> None:
+        self.failure = None
+
+    def check(self) -> None:
+        if self.failure:
+            raise StorageUnavailable(f"the last write failed: {self.failure}")
+
+
+def describe(location: str) -> str:
+    """RECIPES_DB as it may be logged or shown: a URL without its password."""
+    if SCHEME_RE.match(location) and "@" in location:
+        scheme, _, rest = location.partition("://")
+        userinfo, _, host = rest.rpartition("@")
+        return f"{scheme}://{userinfo.split(':', 1)[0]}@{host}"
+    return location
+
+
+def check_location(location: str) -> None:
+    """StoreConfigError unless `location` is a usable RECIPES_DB (a path or a PostgreSQL URL)."""
+    match = SCHEME_RE.match(location)
+    if not match:
+        return  # a file path
+    scheme = match.group(1)
+    if scheme.lower() not in POSTGRES_SCHEMES:
+        raise StoreConfigError(
+            f"RECIPES_DB: unknown scheme {scheme + ':'!r} in {describe(location)!r}. Use a file path for "
+            "SQLite (e.g. data/recipes.db) or postgresql://USER:PASSWORD@HOST:PORT/DATABASE "
+            "(Cloud SQL over its unix socket: postgresql://USER@/DATABASE?host=/cloudsql/PROJECT:REGION:INSTANCE)."
+        )
+    from .store_postgres import check_url  # psycopg is only loaded for a PostgreSQL URL
+
+    check_url(location)
+
+
+def open_store(location: str) -> RecipeStore:
+    """The store RECIPES_DB names (already checked by check_location)."""
+    if SCHEME_RE.match(location):
+        from .store_postgres import PostgresStore
+
+        return PostgresStore(location)
+    from .store_sqlite import SqliteStore
+
+    return SqliteStore(Path(location))

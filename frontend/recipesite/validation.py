@@ -21,7 +21,8 @@ FIELDS = ("title", "author", "ingredients", "steps")
 @dataclass(frozen=True)
 class FieldError:
     field: str  # "title", "ingredients", "ingredients[3]" (JSON index) or "body"
-    rule: str  # machine-readable: required, max_length, min_items, max_items, type, unknown_field
+    # machine-readable: required, max_length, min_items, max_items, type, unknown_field, character
+    rule: str
     message: str  # for people: names the field and the limit
 
     def to_json(self) -> dict[str, str]:
@@ -55,9 +56,35 @@ def _text(value: str) -> str:
     return value.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
+def _unstorable(value: str) -> str | None:
+    """Why `value` cannot be stored as text, or None. NUL (U+0000) is refused by PostgreSQL's text
+    type and ends a string inside SQLite's functions; a lone surrogate (U+D800..U+DFFF, which JSON's
+    \\ud800 escape produces) has no UTF-8 encoding at all. Both stores get the same rule here."""
+    for i, char in enumerate(value, 1):
+        if char == "\0" or "\ud800" <= char <= "\udfff":
+            return f"the character U+{ord(char):04X} at position {i} cannot be stored; remove it"
+    return None
+
+
+def _check_characters(recipe: RecipeInput, skip: frozenset[str]) -> None:
+    for name in ("title", "author", "steps"):
+        why = None if name in skip else _unstorable(getattr(recipe, name))
+        if why:
+            recipe.errors.append(FieldError(name, "character", f"{name}: {why}"))
+    if "ingredients" not in skip:
+        for i, item in enumerate(recipe.ingredients):
+            why = _unstorable(item)
+            if why:
+                recipe.errors.append(
+                    FieldError("ingredients", "character", f"ingredients, item {i + 1}: {why}")
+                )
+                break
+
+
 def _check(recipe: RecipeInput, skip: frozenset[str] = frozenset()) -> None:
     """The rules shared by both inputs, on normalised values; fields in `skip` already have an error."""
     errs = recipe.errors
+    _check_characters(recipe, skip)
     if "title" not in skip:
         if not recipe.title:
             errs.append(FieldError("title", "required", f"title: required (1 to {TITLE_MAX} characters)"))

@@ -6,17 +6,20 @@ Each test gets its own database and secret under tmp_path, and its own idgen sta
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import flask
 import functions_framework
 import pytest
+from pgserver import PostgresServer, missing_reason
 from recipes_testlib import FRONTEND, MAIN, FakeIdgen
 
 # As functions-framework does when it loads frontend/main.py: the unit tier imports recipesite directly.
 if str(FRONTEND) not in sys.path:
     sys.path.append(str(FRONTEND))
+
+from recipesite.store import RecipeStore, open_store
 
 
 @pytest.fixture
@@ -56,3 +59,44 @@ def app(site_env: dict[str, str]) -> flask.Flask:
 @pytest.fixture
 def client(app: flask.Flask) -> flask.testing.FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (Debian's package) on a free port, shared by the session's tests."""
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the shared server."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """RECIPES_DB for each store: the same store tests run on both."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store" / "recipes.db")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def make_store(store_location: str) -> Iterator[Callable[[], RecipeStore]]:
+    """Opens stores on this test's database (several: like several worker processes); closes them."""
+    opened: list[RecipeStore] = []
+
+    def make() -> RecipeStore:
+        opened.append(open_store(store_location))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()

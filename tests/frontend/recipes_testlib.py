@@ -6,6 +6,7 @@ answers like idgen does (see idgen/app.py and idgen/upstream.py), or fails the w
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import re
@@ -48,10 +49,21 @@ IDGEN_ERRORS: dict[str, tuple[int, dict[str, str]]] = {
 }
 
 
+# mode -> (extra headers, body) of an answer from Istio's gateway (server: istio-envoy) instead of
+# idgen: its own reply (no x-envoy-upstream-service-time), or one from a proxy behind it.
+ENVOY_REPLIES: dict[str, tuple[dict[str, str], bytes]] = {
+    "gateway_503": ({}, b"no healthy upstream"),
+    "behind_gateway_503": (
+        {"x-envoy-upstream-service-time": "2"},
+        b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+    ),
+}
+
+
 class FakeIdgen:
     """idgen's /id on a free port. Set .mode to choose the answer; .calls counts requests."""
 
-    MODES = ("ok", "dup", "garbage", "hang", "bad_id", "no_code_503", *IDGEN_ERRORS)
+    MODES = ("ok", "dup", "garbage", "hang", "bad_id", "no_code_503", *ENVOY_REPLIES, *IDGEN_ERRORS)
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -68,8 +80,15 @@ class FakeIdgen:
             def log_message(self, *args: object) -> None:  # keep test output quiet
                 pass
 
-            def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+            def version_string(self) -> str:  # the Server header
+                return "istio-envoy" if fake.mode in ENVOY_REPLIES else super().version_string()
+
+            def _send(
+                self, status: int, body: bytes, ctype: str = "application/json", **headers: str
+            ) -> None:
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -94,6 +113,9 @@ class FakeIdgen:
                     self._send(200, b'{"id": "../../etc/passwd"}')
                 elif mode == "no_code_503":
                     self._send(503, b"no healthy upstream", "text/plain")
+                elif mode in ENVOY_REPLIES:
+                    headers, body = ENVOY_REPLIES[mode]
+                    self._send(503, body, "text/plain", **headers)
                 elif mode == "hang":
                     fake._release.wait(30)  # longer than any IDGEN_TIMEOUT a test sets
                     self.close_connection = True
@@ -190,7 +212,7 @@ def problem(page: str) -> str:
 
 def count_rows(db: Path) -> int:
     """Rows in the recipes table, read straight from the SQLite file (not through the site)."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # sqlite3's own `with` does not close
         return conn.execute("SELECT count(*) FROM recipes").fetchone()[0]
 
 

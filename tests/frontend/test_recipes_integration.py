@@ -115,7 +115,14 @@ def test_list_is_newest_first_paginated_with_total(client):
     assert 'href="/?page=1"' in page2 and ids[0] in page2, "the recipe ID is shown in the list"
 
 
-@pytest.mark.parametrize("query", ["page=0", "page=-1", "page=two", "per_page=0", "per_page=101", "page=1.5"])
+@pytest.mark.parametrize(
+    "query",
+    # "²" and "①" are digits to str.isdigit() but not to int(): they once gave a 500.
+    [
+        *("page=0", "page=-1", "page=two", "per_page=0", "per_page=101", "page=1.5"),
+        *("page=²", "page=①", "per_page=²"),
+    ],
+)
 def test_bad_pagination_is_a_400_naming_the_parameter(client, query):
     response = client.get(f"/api/recipes?{query}")
     assert response.status_code == 400
@@ -189,6 +196,38 @@ def test_api_input_rules(client, db_path, overrides, field, rule):
     assert [(f["field"], f["rule"]) for f in body["fields"]] == [(field, rule)]
     assert field in body["message"]
     assert count_rows(db_path) == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"title": "\u0000Soup"}, "title"),  # SQLite's CHECK once turned this into a 500
+        ({"author": "Ada\u0000"}, "author"),
+        ({"steps": "Stir.\ud800"}, "steps"),  # a lone surrogate has no UTF-8 encoding
+        ({"ingredients": ["salt", "pep\u0000per"]}, "ingredients"),
+    ],
+)
+def test_unstorable_characters_are_400_before_an_id_is_spent(client, fake_idgen, db_path, overrides, field):
+    response = client.post(
+        "/api/recipes",
+        data=json.dumps({**RECIPE, **overrides}),  # escaped JSON, as a client library sends it
+        content_type="application/json",
+    )
+    assert response.status_code == 400, response.text
+    body = response.get_json()
+    assert [(f["field"], f["rule"]) for f in body["fields"]] == [(field, "character")]
+    assert "cannot be stored; remove it" in body["message"] and "U+" in body["message"]
+    assert fake_idgen.calls == 0, "validated before asking idgen for an ID"
+    assert count_rows(db_path) == 0
+
+
+def test_form_with_a_nul_character_is_a_400_with_input_kept(client, fake_idgen, db_path):
+    fields = form_fields(title="Soup\x00 of the day")
+    response = post_form(client, fields)
+    assert response.status_code == 400
+    assert "U+0000 at position 5 cannot be stored" in field_error(response.text, "title")
+    assert field_value(response.text, "author") == fields["author"]
+    assert fake_idgen.calls == 0 and count_rows(db_path) == 0
 
 
 def test_api_accepts_every_limit_exactly(client):
@@ -388,7 +427,10 @@ FAILURES = [
     ("upstream_unreachable", 503, "upstream_unreachable", ["idgen could not connect to httpbin.org"]),
     ("upstream_timeout", 504, "upstream_timeout", ["idgen's call to httpbin.org timed out"]),
     ("garbage", 502, "bad_idgen_response", ["without an ID or an error code"]),
-    ("no_code_503", 502, "bad_idgen_response", ["HTTP 503", "no healthy upstream"]),
+    ("no_code_503", 503, "idgen_unreachable", ["HTTP 503", "no healthy upstream", "Is IDGEN_URL"]),
+    # The gateway's own reply (no x-envoy-upstream-service-time) is not idgen's answer.
+    ("gateway_503", 503, "idgen_unreachable", ["proxy at 127.0.0.1", "server: istio-envoy", "idgen did not"]),
+    ("behind_gateway_503", 503, "idgen_unreachable", ["something other than idgen", "idgen's sidecar"]),
     ("bad_id", 502, "bad_idgen_response", ["ID the site cannot use"]),
     ("hang", 504, "idgen_timeout", ["did not answer within 1 s"]),
 ]
@@ -480,7 +522,7 @@ def test_form_sets_a_strict_csrf_cookie(client):
     assert "Set-Cookie" not in client.get("/new").headers, "an existing cookie is kept (several tabs work)"
 
 
-@pytest.mark.parametrize("token", ["", "1700000000.forged", "not-a-token"])
+@pytest.mark.parametrize("token", ["", "1700000000.forged", "not-a-token", "².forged"])
 def test_form_without_a_valid_token_is_refused_with_input_kept(client, fake_idgen, db_path, token):
     client.get("/new")
     fields = form_fields(title="Forged?")

@@ -16,13 +16,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import flask
+import psycopg
 import pytest
 from recipes_testlib import FRONTEND
 from recipesite import csrf, validation
 from recipesite.body import BodyTooLarge, body_left_unread, read_limited
 from recipesite.config import ConfigError, Settings
 from recipesite.idgen_client import IdgenClient, IdgenError
-from recipesite.store import DuplicateIdError, RecipeStore
+from recipesite.store import DuplicateIdError, RecipeStore, StorageUnavailable
+from recipesite.store_postgres import PostgresStore
+from recipesite.store_sqlite import SqliteStore
 from werkzeug.test import EnvironBuilder
 
 from localmesh.procs import free_port
@@ -133,16 +136,16 @@ def test_every_violation_is_reported_at_once():
     }
 
 
-# --- storage -------------------------------------------------------------------------------------
+# --- storage: the same tests on SQLite and on a real PostgreSQL server --------------------------
 
 
 def add(store: RecipeStore, rid: str, when: datetime | None = None):
     return store.add(rid, f"title {rid}", "", ["x"], "", created_at=when)
 
 
-def test_store_creates_schema_in_wal_mode_with_parent_dirs(tmp_path):
+def test_sqlite_store_creates_schema_in_wal_mode_with_parent_dirs(tmp_path):
     db = tmp_path / "a" / "b" / "recipes.db"
-    RecipeStore(db)
+    SqliteStore(db)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         cols = {row[1]: row for row in conn.execute("PRAGMA table_info(recipes)")}
@@ -150,19 +153,30 @@ def test_store_creates_schema_in_wal_mode_with_parent_dirs(tmp_path):
     assert set(cols) == {"id", "title", "author", "ingredients", "steps", "created_at"}
 
 
-def test_store_round_trip_keeps_unicode_and_ingredients_as_json(tmp_path):
-    store = RecipeStore(tmp_path / "r.db")
-    stored = store.add("abc-1", "Crème brûlée", "Zoë", ["œufs", "sucre"], "Line 1\nLine 2")
-    assert store.get("abc-1") == stored
-    assert stored.created_at.endswith("Z")
+def test_sqlite_store_keeps_ingredients_as_json_text(tmp_path):
+    SqliteStore(tmp_path / "r.db").add("abc-1", "Crème brûlée", "Zoë", ["œufs", "sucre"], "")
     with sqlite3.connect(tmp_path / "r.db") as conn:
         raw = conn.execute("SELECT ingredients FROM recipes").fetchone()[0]
     assert json.loads(raw) == ["œufs", "sucre"]
+
+
+def test_store_round_trip_keeps_unicode_and_ingredients(make_store):
+    store = make_store()
+    stored = store.add("abc-1", "Crème brûlée", "Zoë", ["œufs", "sucre"], "Line 1\nLine 2")
+    assert store.get("abc-1") == stored
+    assert stored.created_at.endswith("Z") and len(stored.created_at) == len("2026-01-01T00:00:00.000000Z")
     assert store.get("nope") is None
 
 
-def test_duplicate_id_is_refused_and_nothing_changes(tmp_path):
-    store = RecipeStore(tmp_path / "r.db")
+def test_store_keeps_the_timestamp_to_the_microsecond(make_store):
+    store = make_store()
+    moment = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    add(store, "t", moment)
+    assert store.get("t").created_at == "2026-03-04T05:06:07.891011Z"
+
+
+def test_duplicate_id_is_refused_and_nothing_changes(make_store):
+    store = make_store()
     first = store.add("same", "First", "", ["x"], "")
     with pytest.raises(DuplicateIdError, match="same"):
         store.add("same", "Second", "", ["y"], "")
@@ -170,8 +184,8 @@ def test_duplicate_id_is_refused_and_nothing_changes(tmp_path):
     assert store.get("same") == first
 
 
-def test_pages_are_newest_first_with_total(tmp_path):
-    store = RecipeStore(tmp_path / "r.db")
+def test_pages_are_newest_first_with_total(make_store):
+    store = make_store()
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for i in range(25):
         add(store, f"r{i:02d}", start + timedelta(minutes=i))
@@ -182,16 +196,16 @@ def test_pages_are_newest_first_with_total(tmp_path):
     assert store.page(4, 10).recipes == []
 
 
-def test_same_timestamp_falls_back_to_insertion_order(tmp_path):
-    store = RecipeStore(tmp_path / "r.db")
+def test_same_timestamp_falls_back_to_insertion_order(make_store):
+    store = make_store()
     moment = datetime(2026, 1, 1, tzinfo=UTC)
     for rid in ("a", "b", "c"):
         add(store, rid, moment)
     assert [r.id for r in store.page(1, 10).recipes] == ["c", "b", "a"]
 
 
-def test_concurrent_writers_and_readers_on_one_store(tmp_path):
-    store = RecipeStore(tmp_path / "r.db")
+def test_concurrent_writers_and_readers_on_one_store(make_store):
+    store = make_store()
 
     def work(worker: int) -> int:
         for i in range(25):
@@ -204,11 +218,64 @@ def test_concurrent_writers_and_readers_on_one_store(tmp_path):
     assert store.count() == 200
 
 
-def test_two_stores_on_one_file_see_each_other(tmp_path):
-    # Two functions-framework workers (WORKERS=2) are two processes, each with its own store.
-    one, two = RecipeStore(tmp_path / "r.db"), RecipeStore(tmp_path / "r.db")
+def test_fifty_concurrent_creates_race_for_ids_and_none_is_lost(make_store):
+    """50 creates at once from two stores (two worker processes), 10 of them reusing an ID already
+    taken: every distinct ID lands exactly once, each clash is a DuplicateIdError, nothing is lost."""
+    stores = [make_store(), make_store()]
+    ids = [f"id-{i}" for i in range(40)] + [f"id-{i}" for i in range(10)]
+    barrier = threading.Barrier(len(ids))
+
+    def create(i: int) -> str:
+        barrier.wait(30)
+        try:
+            stores[i % 2].add(ids[i], f"title {i}", "", ["x"], "")
+        except DuplicateIdError:
+            return "duplicate"
+        return "created"
+
+    with ThreadPoolExecutor(len(ids)) as pool:
+        outcomes = list(pool.map(create, range(len(ids))))
+    assert outcomes.count("created") == 40 and outcomes.count("duplicate") == 10
+    listed = stores[1].page(1, 100)
+    assert listed.total == 40 and sorted(r.id for r in listed.recipes) == sorted(set(ids))
+
+
+def test_two_stores_on_one_database_see_each_other(make_store):
+    # Two functions-framework workers (WORKERS=2), or two instances, each with its own store.
+    one, two = make_store(), make_store()
     add(one, "from-one")
     assert two.get("from-one") is not None
+
+
+def test_healthy_store_pings(make_store):
+    make_store().ping()
+
+
+def test_postgres_store_refuses_to_write_on_a_read_only_database(postgres_url):
+    """A replica, or a database set read-only: readiness says so and a write is StorageUnavailable."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        name = conn.info.dbname
+        PostgresStore(postgres_url).close()  # creates the schema while it still can
+        conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    store = PostgresStore(postgres_url)
+    try:
+        with pytest.raises(StorageUnavailable, match="read-only"):
+            store.ping()
+        with pytest.raises(StorageUnavailable, match="read-only"):
+            add(store, "nope")
+        assert store.count() == 0, "reads still work"
+    finally:
+        store.close()
+
+
+def test_postgres_server_down_is_storage_unavailable_not_a_crash():
+    url = f"postgresql://recipes:pw@127.0.0.1:{free_port()}/recipes"
+    store = PostgresStore(url)  # starts: pages and /healthz then say what is wrong
+    try:
+        with pytest.raises(StorageUnavailable, match=r"PostgreSQL at postgresql://recipes@127\.0\.0\.1"):
+            store.ping()
+    finally:
+        store.close()
 
 
 # --- CSRF ----------------------------------------------------------------------------------------
@@ -283,11 +350,33 @@ def test_settings_defaults():
         ({"IDGEN_TIMEOUT": "0"}, "IDGEN_TIMEOUT must be between"),
         ({"IDGEN_URL": "idgen:8080/id"}, "IDGEN_URL must be an http"),
         ({"RECIPES_BASE_PATH": "recipes"}, "RECIPES_BASE_PATH must start with"),
+        ({"RECIPES_DB": "mysql://u:hunter2@db/recipes"}, "RECIPES_DB: unknown scheme 'mysql:'"),
+        ({"RECIPES_DB": "sqlite:///data/r.db"}, "RECIPES_DB: unknown scheme 'sqlite:'.*file path for SQLite"),
+        ({"RECIPES_DB": "postgresql://u:hunter2@db/r?sslmod=require"}, "not a valid PostgreSQL URL"),
+        ({"RECIPES_DB": "postgresql://u:hunter2@db:54x2/r"}, "the port must be a number"),
+        ({"RECIPES_DB": "postgresql://u:hunter2%zz@db/r"}, "invalid percent-encoded token"),
+        ({"RECIPES_DB": "postgresql://u:hunter2@[::1/r"}, "not a valid PostgreSQL URL"),
+        ({"RECIPES_DB": "postgresql://u@/r?host=/cloudsql/p:r:i"}, "RECIPES_SECRET must be set"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message):
-    with pytest.raises(ConfigError, match=message):
+    env = {"RECIPES_SECRET": "s" * 16, **env} if "RECIPES_SECRET" not in message else env
+    with pytest.raises(ConfigError, match=message) as caught:
         Settings.from_env(env)
+    assert "hunter2" not in str(caught.value), "a password is never shown"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://recipes:pw@db.internal:5432/recipes",
+        "postgres://recipes@/recipes?host=/cloudsql/my-project:europe-west1:recipes-db",
+        "postgresql://recipes@db1:5432,db2:5432/recipes?target_session_attrs=read-write",
+    ],
+)
+def test_postgresql_urls_are_accepted_without_connecting(url):
+    settings = Settings.from_env({"RECIPES_DB": url, "RECIPES_SECRET": "s" * 16})
+    assert settings.db == url and settings.db_path is None
 
 
 # --- idgen client (against the idgen stand-in on a real port) ------------------------------------
@@ -302,7 +391,8 @@ def test_bad_settings_name_the_variable(env, message):
         ("upstream_unreachable", "upstream_unreachable", 503, "could not connect to httpbin.org"),
         ("upstream_timeout", "upstream_timeout", 504, "timed out"),
         ("garbage", "bad_idgen_response", 502, "HTTP 200 without an ID"),
-        ("no_code_503", "bad_idgen_response", 502, "HTTP 503"),
+        ("no_code_503", "idgen_unreachable", 503, "answered HTTP 503 without an ID"),
+        ("gateway_503", "idgen_unreachable", 503, "answered HTTP 503 itself, without reaching idgen"),
         ("bad_id", "bad_idgen_response", 502, "cannot use"),
         ("hang", "idgen_timeout", 504, "did not answer within 0.3 s"),
     ],
@@ -437,6 +527,9 @@ def test_frontend_imports_only_stdlib_its_requirements_and_itself():
         "requests": "requests",
         "urllib3": "urllib3",
         "functions_framework": "functions-framework",
+        "psycopg": "psycopg[binary]",
+        "psycopg_pool": "psycopg-pool",
+        "gunicorn": "gunicorn",  # the local server's worker class (recipesite/server.py)
     }
     found: set[str] = set()
     for path in FRONTEND.rglob("*.py"):
