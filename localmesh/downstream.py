@@ -12,8 +12,6 @@ Envoy behaviours imitated (envoy http1 `codec_impl.cc`, `conn_manager_impl.cc`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import time
 from collections import deque
 
@@ -23,6 +21,11 @@ from localmesh.exchange import Exchange
 from localmesh.http1 import REASONS
 from localmesh.state import Listener, ProxyState
 from localmesh.tunnel import Tunnel
+
+# Envoy's defaults (envoy http_connection_manager.proto max_request_headers_kb: 60;
+# core protocol.proto HttpProtocolOptions.max_headers_count: 100): 431 beyond either.
+MAX_HEAD_BYTES = 60 * 1024
+MAX_HEADERS = 100
 
 
 class Downstream(asyncio.Protocol):
@@ -44,7 +47,10 @@ class Downstream(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.last_active = time.monotonic()
         self.peer_ip = b"-"
-        self.internal = False
+        # Bytes read while a request head is incomplete: a head that never ends is refused once
+        # it passes MAX_HEAD_BYTES, so neither memory nor parsing time grows with it.
+        self.in_head = True
+        self.head_bytes = 0
         self.corked = False
         self.out: list[bytes] = []
 
@@ -55,8 +61,6 @@ class Downstream(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = str(peer[0]).encode()
-            with contextlib.suppress(ValueError):
-                self.internal = ipaddress.ip_address(peer[0]).is_private
         self.state.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -73,6 +77,13 @@ class Downstream(asyncio.Protocol):
             return
         except httptools.HttpParserError:
             self.protocol_error(400, self.parsing)
+        if self.in_head and not self.broken:
+            # Counted per read: a pipelined head may be charged with the bytes before it in the
+            # same read (stricter, never looser than the limit).
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.protocol_error(431, self.parsing)
+                return
         current = self.current
         # Routing happens after the whole buffer is parsed, so a small body that came with the
         # headers is already complete when the request is answered.
@@ -111,6 +122,8 @@ class Downstream(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_bytes = 0
         exchange = Exchange(self, self.state, self.listener)
         self.parsing = exchange
         if self.current is None:
@@ -126,7 +139,11 @@ class Downstream(asyncio.Protocol):
         self.parsing.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.parsing.headers_complete(self.parser)
+        self.in_head = False
+        exchange = self.parsing
+        exchange.headers_complete(self.parser)
+        if exchange.req_bytes > MAX_HEAD_BYTES or len(exchange.headers) > MAX_HEADERS:
+            exchange.refuse = 431
 
     def on_body(self, body: bytes) -> None:
         self.parsing.request_body(body)
@@ -135,6 +152,8 @@ class Downstream(asyncio.Protocol):
         self.parsing.chunk_complete()
 
     def on_message_complete(self) -> None:
+        self.in_head = True
+        self.head_bytes = 0
         exchange, self.parsing = self.parsing, None
         exchange.request_complete()
 
