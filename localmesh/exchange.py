@@ -225,7 +225,10 @@ class Exchange:
 
     def headers_complete(self, parser: httptools.HttpRequestParser) -> None:
         self.method = parser.get_method()
-        self.http10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        self.http10 = version == "1.0"
+        if not self.http10 and version != "1.1":
+            self.refuse = 400  # llhttp reads HTTP/2.0 (and 0.9) request lines: not HTTP/1.x here
         self.keep_alive = parser.should_keep_alive()
         self.upgrade = parser.should_upgrade()
         self.head_request = self.method == b"HEAD"
@@ -369,7 +372,7 @@ class Exchange:
         else:
             self.down.protocol_error(400, self)
             return
-        if authority is None:
+        if not authority:
             # Envoy requires a host on every request, HTTP/1.0 included when no
             # default_host_for_http_10 is set, as in Istio (envoy conn_manager_impl.cc, MissingHost).
             self.down.protocol_error(400, self)
