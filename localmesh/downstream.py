@@ -47,9 +47,8 @@ class Downstream(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.last_active = time.monotonic()
         self.peer_ip = b"-"
-        # Bytes read while a request head is incomplete: a head that never ends is refused once
-        # it passes MAX_HEAD_BYTES, so neither memory nor parsing time grows with it.
-        self.in_head = True
+        # Bytes of the reads that ended inside a request head: a head that never ends is refused
+        # once it passes MAX_HEAD_BYTES, so neither memory nor parsing time grows with it.
         self.head_bytes = 0
         self.corked = False
         self.out: list[bytes] = []
@@ -77,13 +76,13 @@ class Downstream(asyncio.Protocol):
             return
         except httptools.HttpParserError:
             self.protocol_error(400, self.parsing)
-        if self.in_head and not self.broken:
+        parsing = self.parsing
+        if parsing is not None and not parsing.headers_done and not self.broken:
             # Counted per read: a pipelined head may be charged with the bytes before it in the
             # same read (stricter, never looser than the limit).
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES:
-                self.protocol_error(431, self.parsing)
-                return
+                self.protocol_error(431, parsing)
         current = self.current
         # Routing happens after the whole buffer is parsed, so a small body that came with the
         # headers is already complete when the request is answered.
@@ -122,8 +121,6 @@ class Downstream(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.in_head = True
-        self.head_bytes = 0
         exchange = Exchange(self, self.state, self.listener)
         self.parsing = exchange
         if self.current is None:
@@ -139,7 +136,7 @@ class Downstream(asyncio.Protocol):
         self.parsing.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
+        self.head_bytes = 0
         exchange = self.parsing
         exchange.headers_complete(self.parser)
         if exchange.req_bytes > MAX_HEAD_BYTES or len(exchange.headers) > MAX_HEADERS:
@@ -152,8 +149,6 @@ class Downstream(asyncio.Protocol):
         self.parsing.chunk_complete()
 
     def on_message_complete(self) -> None:
-        self.in_head = True
-        self.head_bytes = 0
         exchange, self.parsing = self.parsing, None
         exchange.request_complete()
 
