@@ -76,14 +76,16 @@ ENVOY_INTERNAL = frozenset(
 # Framing is never forwarded as received: the proxy writes its own content-length or chunking.
 SKIP_REQUEST = HOP_BY_HOP | peer_metadata.HEADERS | ENVOY_INTERNAL | {b"expect", b"content-length"}
 # An edge request (a gateway uses the remote address) also loses these, and its x-forwarded-proto,
-# x-envoy-external-address and x-forwarded-for are the gateway's own (cleanInternalHeaders with
-# edge_request; xff_num_trusted_hops is 0 in Istio's default gateway topology).
+# x-envoy-external-address, x-forwarded-for and x-request-id are the gateway's own
+# (cleanInternalHeaders with edge_request; xff_num_trusted_hops is 0 in Istio's default gateway
+# topology; Istio leaves preserve_external_request_id off, so Envoy sets a new request ID at the edge).
 SKIP_EDGE = SKIP_REQUEST | {
     b"x-envoy-decorator-operation",
     b"x-envoy-downstream-service-cluster",
     b"x-envoy-downstream-service-node",
     b"x-envoy-external-address",
     b"x-forwarded-proto",
+    b"x-request-id",
 }
 # Request headers the framing decision reads (one set lookup per header on the hot path).
 FRAMING = frozenset((b"transfer-encoding", b"content-length", b"connection", b"te"))
@@ -801,7 +803,7 @@ class Exchange:
         for name, value in self.headers:
             if name == b"user-agent":
                 user_agent = value
-            elif name == b"x-request-id":
+            elif name == b"x-request-id" and rid == b"-":
                 rid = value
         address = f"{self.address[0]}:{self.address[1]}" if self.address else "-"
         protocol = "HTTP/1.0" if self.http10 else "HTTP/1.1"

@@ -182,7 +182,7 @@ def test_gateway_strips_client_envoy_headers_and_sets_its_own(app):
         b"X-Envoy-Decorator-Operation: admin\r\nX-Envoy-Downstream-Service-Cluster: evil\r\n"
         b"X-Envoy-Downstream-Service-Node: evil\r\nX-Envoy-Retry-On: 5xx\r\nX-Envoy-Max-Retries: 99\r\n"
         b"X-Envoy-Upstream-Rq-Timeout-Ms: 1\r\nX-Envoy-Force-Trace: true\r\nX-Envoy-Original-Url: http://x/\r\n"
-        b"X-Forwarded-Proto: https\r\nX-Forwarded-For: 6.6.6.6\r\n"
+        b"X-Forwarded-Proto: https\r\nX-Forwarded-For: 6.6.6.6\r\nX-Request-Id: chosen-by-client\r\n"
     )
     with gateway(app) as gw:
         assert exchange(gw.listen_port, b"GET /id HTTP/1.1\r\nHost: site\r\n" + spoofed + b"\r\n")[0] == 200
@@ -204,6 +204,7 @@ def test_gateway_strips_client_envoy_headers_and_sets_its_own(app):
     assert seen["x-envoy-external-address"] == "127.0.0.1"
     assert seen["x-forwarded-for"] == "6.6.6.6,127.0.0.1"  # appended, as use_remote_address does
     assert seen["x-forwarded-proto"] == "http"  # the client's value is not trusted (no trusted hops)
+    assert seen["x-request-id"] != "chosen-by-client"  # an edge request gets Envoy's own ID
 
 
 # --- Envoy's answers to odd requests ---------------------------------------------------------------
