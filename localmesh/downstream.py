@@ -47,8 +47,9 @@ class Downstream(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.last_active = time.monotonic()
         self.peer_ip = b"-"
-        # Bytes of the reads that ended inside a request head: a head that never ends is refused
-        # once it passes MAX_HEAD_BYTES, so neither memory nor parsing time grows with it.
+        # Bytes of the reads that ended inside a request head, from the read after the one where
+        # the head began (-1: it began in this read): a head that never ends is refused once it
+        # passes MAX_HEAD_BYTES, so neither memory nor parsing time grows with it.
         self.head_bytes = 0
         self.corked = False
         self.out: list[bytes] = []
@@ -78,11 +79,15 @@ class Downstream(asyncio.Protocol):
             self.protocol_error(400, self.parsing)
         parsing = self.parsing
         if parsing is not None and not parsing.headers_done and not self.broken:
-            # Counted per read: a pipelined head may be charged with the bytes before it in the
-            # same read (stricter, never looser than the limit).
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
-                self.protocol_error(431, parsing)
+            # The read where a head begins also holds what came before it (pipelined requests,
+            # a body's end), so it is not counted: a head that never ends is cut off within one
+            # read (256 KiB) past the limit. A head that ends is measured exactly when it does.
+            if self.head_bytes < 0:
+                self.head_bytes = 0
+            else:
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD_BYTES:
+                    self.protocol_error(431, parsing)
         current = self.current
         # Routing happens after the whole buffer is parsed, so a small body that came with the
         # headers is already complete when the request is answered.
@@ -121,6 +126,7 @@ class Downstream(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.head_bytes = -1
         exchange = Exchange(self, self.state, self.listener)
         self.parsing = exchange
         if self.current is None:
@@ -136,7 +142,6 @@ class Downstream(asyncio.Protocol):
         self.parsing.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.head_bytes = 0
         exchange = self.parsing
         exchange.headers_complete(self.parser)
         if exchange.req_bytes > MAX_HEAD_BYTES or len(exchange.headers) > MAX_HEADERS:
@@ -206,12 +211,19 @@ class Downstream(asyncio.Protocol):
         if not self.queue:
             self.resume("pipeline")
         current = self.current
-        if current is None:
+        if current is not None:
+            # The next pipelined request starts from the event loop, not from inside this call:
+            # requests answered locally would otherwise nest one call per request, and a few
+            # hundred pipelined in one read would exhaust the stack.
+            asyncio.get_running_loop().call_soon(self._start, current)
+
+    def _start(self, exchange: Exchange) -> None:
+        if self.closed or exchange is not self.current or exchange.started:
             return
-        if current is self.error:
-            self._answer_error(current)
-        elif current.headers_done and not current.started:
-            current.begin()
+        if exchange is self.error:
+            self._answer_error(exchange)
+        elif exchange.headers_done:
+            exchange.begin()
 
     def protocol_error(self, code: int, exchange: Exchange | None) -> None:
         """A request that breaks HTTP/1.1 (or HTTP/1.0 where refused): local reply, then close.

@@ -124,6 +124,22 @@ def test_a_header_that_never_ends_is_refused_with_bounded_memory_while_others_ar
     assert grown_mb < 30, f"RSS grew by {grown_mb:.0f} MB"
 
 
+def test_the_head_limit_does_not_charge_pipelined_requests_for_what_came_before_them(app):
+    many = b"GET /nothing HTTP/1.1\r\nHost: nowhere.example\r\n\r\n" * 1500  # 73 KiB in one send
+    body = b"b" * (300 * 1024)
+    after_body = (
+        b"POST http://httpbin.org/echo HTTP/1.1\r\nHost: httpbin.org\r\nContent-Length: %d\r\n\r\n%s"
+        b"GET http://httpbin.org/echo?second HTTP/1.1\r\nHost: httpbin.org\r\n\r\n" % (len(body), body)
+    )
+    with gateway(app) as gw, connect(gw.listen_port, timeout=30) as sock:
+        sock.sendall(many)
+        assert {read_response(sock)[0] for _ in range(1500)} == {404}
+    with sidecar(app) as proxy, connect(proxy.outbound_port, timeout=30) as sock:
+        sock.sendall(after_body)
+        assert [read_response(sock)[0] for _ in range(2)] == [200, 200]
+    assert [r["path"] for r in app.requests] == ["/echo", "/echo?second"]
+
+
 # --- the route-decision memo ----------------------------------------------------------------------
 
 
