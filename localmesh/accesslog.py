@@ -121,7 +121,9 @@ def format_line(ex: Exchange, duration: int) -> str:
     head = len(ex.method) + len(ex.url) + 14 + sum(len(n) + len(v) + 4 for n, v in ex.headers)
     received = max(ex.req_bytes - head, 0)  # the same wire size count as the exchange's, less the head
     sent = 0 if details in ("direct_response", "route_not_found") else ex.resp_bytes
-    if rid is None and ex.request_id == b"-":
+    if ex.request_id != b"-":  # the ID this proxy set (the gateway replaces a client's own)
+        rid = ex.request_id
+    elif rid is None:
         rid = str(uuid.uuid4()).encode()
     started = time.time() - (time.monotonic() - ex.start)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))
@@ -129,7 +131,7 @@ def format_line(ex: Exchange, duration: int) -> str:
         f"[{stamp}.{int(started * 1000) % 1000:03d}Z] "
         f'"{_text(ex.method)} {_text(_path(ex.url))} {"HTTP/1.0" if ex.http10 else "HTTP/1.1"}" '
         f'{ex.status} {ex.flags} {details} - "-" {received} {sent} {duration} '
-        f'{service_time} "{_text(xff)}" "{_text(user_agent)}" "{_text(rid or ex.request_id)}" '
+        f'{service_time} "{_text(xff)}" "{_text(user_agent)}" "{_text(rid)}" '
         f'"{_text(ex.authority)}" "{upstream}" {cluster or "-"} - {_address(local)} {_address(remote)} '
         f"- {route}\n"
     )

@@ -12,8 +12,6 @@ Envoy behaviours imitated (envoy http1 `codec_impl.cc`, `conn_manager_impl.cc`):
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import time
 from collections import deque
 
@@ -23,6 +21,11 @@ from localmesh.exchange import Exchange
 from localmesh.http1 import REASONS
 from localmesh.state import Listener, ProxyState
 from localmesh.tunnel import Tunnel
+
+# Envoy's defaults (envoy http_connection_manager.proto max_request_headers_kb: 60;
+# core protocol.proto HttpProtocolOptions.max_headers_count: 100): 431 beyond either.
+MAX_HEAD_BYTES = 60 * 1024
+MAX_HEADERS = 100
 
 
 class Downstream(asyncio.Protocol):
@@ -44,7 +47,10 @@ class Downstream(asyncio.Protocol):
         self.tunnel: Tunnel | None = None
         self.last_active = time.monotonic()
         self.peer_ip = b"-"
-        self.internal = False
+        # Bytes of the reads that ended inside a request head, from the read after the one where
+        # the head began (-1: it began in this read): a head that never ends is refused once it
+        # passes MAX_HEAD_BYTES, so neither memory nor parsing time grows with it.
+        self.head_bytes = 0
         self.corked = False
         self.out: list[bytes] = []
 
@@ -55,8 +61,6 @@ class Downstream(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = str(peer[0]).encode()
-            with contextlib.suppress(ValueError):
-                self.internal = ipaddress.ip_address(peer[0]).is_private
         self.state.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -73,6 +77,17 @@ class Downstream(asyncio.Protocol):
             return
         except httptools.HttpParserError:
             self.protocol_error(400, self.parsing)
+        parsing = self.parsing
+        if parsing is not None and not parsing.headers_done and not self.broken:
+            # The read where a head begins also holds what came before it (pipelined requests,
+            # a body's end), so it is not counted: a head that never ends is cut off within one
+            # read (256 KiB) past the limit. A head that ends is measured exactly when it does.
+            if self.head_bytes < 0:
+                self.head_bytes = 0
+            else:
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD_BYTES:
+                    self.protocol_error(431, parsing)
         current = self.current
         # Routing happens after the whole buffer is parsed, so a small body that came with the
         # headers is already complete when the request is answered.
@@ -111,6 +126,7 @@ class Downstream(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.head_bytes = -1
         exchange = Exchange(self, self.state, self.listener)
         self.parsing = exchange
         if self.current is None:
@@ -126,7 +142,10 @@ class Downstream(asyncio.Protocol):
         self.parsing.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.parsing.headers_complete(self.parser)
+        exchange = self.parsing
+        exchange.headers_complete(self.parser)
+        if exchange.req_bytes > MAX_HEAD_BYTES or len(exchange.headers) > MAX_HEADERS:
+            exchange.refuse = 431
 
     def on_body(self, body: bytes) -> None:
         self.parsing.request_body(body)
@@ -192,12 +211,19 @@ class Downstream(asyncio.Protocol):
         if not self.queue:
             self.resume("pipeline")
         current = self.current
-        if current is None:
+        if current is not None:
+            # The next pipelined request starts from the event loop, not from inside this call:
+            # requests answered locally would otherwise nest one call per request, and a few
+            # hundred pipelined in one read would exhaust the stack.
+            asyncio.get_running_loop().call_soon(self._start, current)
+
+    def _start(self, exchange: Exchange) -> None:
+        if self.closed or exchange is not self.current or exchange.started:
             return
-        if current is self.error:
-            self._answer_error(current)
-        elif current.headers_done and not current.started:
-            current.begin()
+        if exchange is self.error:
+            self._answer_error(exchange)
+        elif exchange.headers_done:
+            exchange.begin()
 
     def protocol_error(self, code: int, exchange: Exchange | None) -> None:
         """A request that breaks HTTP/1.1 (or HTTP/1.0 where refused): local reply, then close.

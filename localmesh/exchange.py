@@ -50,7 +50,45 @@ RETRIES = 2  # Istio DefaultPolicy NumRetries
 RETRY_BASE = 0.025  # Envoy's default retry back-off base interval (25 ms), fully jittered
 
 CONNECT_ERROR = b"upstream connect error or disconnect/reset before headers. "
-SKIP_REQUEST = HOP_BY_HOP | peer_metadata.HEADERS | {b"expect"}
+# Envoy's x-envoy-* request headers that only Envoy may set: removed from every request that is not
+# "internal" (envoy conn_manager_utility.cc mutateRequestHeaders and cleanInternalHeaders). Since
+# Envoy 1.36 no address is internal unless internal_address_config says so, and Istio sets none
+# (ENABLE_HCM_INTERNAL_NETWORKS is off), so every request is external.
+ENVOY_INTERNAL = frozenset(
+    (
+        b"x-envoy-internal",
+        b"x-envoy-retriable-status-codes",
+        b"x-envoy-retriable-header-names",
+        b"x-envoy-retry-on",
+        b"x-envoy-retry-grpc-on",
+        b"x-envoy-max-retries",
+        b"x-envoy-upstream-alt-stat-name",
+        b"x-envoy-upstream-rq-timeout-ms",
+        b"x-envoy-upstream-rq-per-try-timeout-ms",
+        b"x-envoy-upstream-rq-timeout-alt-response",
+        b"x-envoy-expected-rq-timeout-ms",
+        b"x-envoy-force-trace",
+        b"x-envoy-ip-tags",
+        b"x-envoy-original-url",
+        b"x-envoy-hedge-on-per-try-timeout",
+    )
+)
+# Framing is never forwarded as received: the proxy writes its own content-length or chunking.
+SKIP_REQUEST = HOP_BY_HOP | peer_metadata.HEADERS | ENVOY_INTERNAL | {b"expect", b"content-length"}
+# An edge request (a gateway uses the remote address) also loses these, and its x-forwarded-proto,
+# x-envoy-external-address, x-forwarded-for and x-request-id are the gateway's own
+# (cleanInternalHeaders with edge_request; xff_num_trusted_hops is 0 in Istio's default gateway
+# topology; Istio leaves preserve_external_request_id off, so Envoy sets a new request ID at the edge).
+SKIP_EDGE = SKIP_REQUEST | {
+    b"x-envoy-decorator-operation",
+    b"x-envoy-downstream-service-cluster",
+    b"x-envoy-downstream-service-node",
+    b"x-envoy-external-address",
+    b"x-forwarded-proto",
+    b"x-request-id",
+}
+# Request headers the framing decision reads (one set lookup per header on the hot path).
+FRAMING = frozenset((b"transfer-encoding", b"content-length", b"connection", b"te"))
 # server and x-envoy-upstream-service-time are set by this proxy, replacing an upstream proxy's
 # (Envoy's router overwrites the service-time header; proxy_headers.go overwrites server).
 SKIP_RESPONSE = HOP_BY_HOP | peer_metadata.HEADERS | {b"server", b"x-envoy-upstream-service-time"}
@@ -82,6 +120,8 @@ class Exchange:
         "can_retry",
         "chunk_size",
         "close_after",
+        "conn_tokens",
+        "content_length",
         "decision_cluster",
         "discarding",
         "done",
@@ -103,6 +143,7 @@ class Exchange:
         "mtls_upstream",
         "pending",
         "pending_size",
+        "refuse",
         "replay",
         "replay_size",
         "req_bytes",
@@ -118,6 +159,7 @@ class Exchange:
         "started",
         "state",
         "status",
+        "te_trailers",
         "up_mtls",
         "up_peer",
         "upgrade",
@@ -145,6 +187,10 @@ class Exchange:
         self.req_done_at = 0.0
         self.req_bytes = 0
         self.body_framing = b""
+        self.content_length: bytes | None = None
+        self.conn_tokens: set[bytes] | None = None
+        self.te_trailers = False
+        self.refuse = 0  # a status to refuse the request with once it is routed (0: none)
         self.chunk_size = 0
         self.authority = b""
         self.head = b""
@@ -181,19 +227,62 @@ class Exchange:
 
     def headers_complete(self, parser: httptools.HttpRequestParser) -> None:
         self.method = parser.get_method()
-        self.http10 = parser.get_http_version() == "1.0"
+        version = parser.get_http_version()
+        self.http10 = version == "1.0"
+        if not self.http10 and version != "1.1":
+            self.refuse = 400  # llhttp reads HTTP/2.0 (and 0.9) request lines: not HTTP/1.x here
         self.keep_alive = parser.should_keep_alive()
         self.upgrade = parser.should_upgrade()
         self.head_request = self.method == b"HEAD"
         self.headers_done = True
         # Wire size of the request line and headers as received (canonical "name: value" form).
         size = len(self.method) + len(self.url) + 14  # " ", " HTTP/1.1\r\n", final "\r\n"
+        framing = None
         for name, value in self.headers:
             size += len(name) + len(value) + 4
-            if name == b"transfer-encoding":
-                # The body is re-chunked upstream; other codings are refused in begin(), as Envoy does.
-                self.body_framing = b"chunked" if value.strip().lower() == b"chunked" else b"other"
+            if name in FRAMING:
+                if framing is None:
+                    framing = []
+                framing.append((name, value))
         self.req_bytes += size
+        if framing is not None:
+            self._framing(framing)
+
+    def _framing(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """How the body goes upstream, decided before any of it is read (called only when the
+        request has a framing, Connection or TE header).
+
+        Envoy's codec reads the body by the received framing, and its encoder writes the body again
+        with content-length or chunking (envoy http1 codec_impl.cc): whatever the Connection header
+        nominates, a body never goes out unframed.
+        """
+        te = coding = None
+        connection: list[bytes] = []
+        for name, value in headers:
+            if name == b"transfer-encoding":
+                # Several headers are one list (RFC 9112 6.1): "gzip" then "chunked" is "gzip, chunked".
+                coding = value if coding is None else coding + b"," + value
+            elif name == b"content-length":
+                self.content_length = value.strip()
+            elif name == b"connection":
+                connection.append(value)
+            else:
+                te = value if te is None else te + b"," + value
+        if coding is not None:
+            # Envoy answers 501 to any transfer coding but chunked alone (codec_impl.cc).
+            self.body_framing = b"chunked" if coding.strip().lower() == b"chunked" else b"other"
+            self.content_length = None
+        if te is not None:
+            self.te_trailers = http1.has_trailers(te)
+        if connection:
+            if not http1.nominations_valid(connection, te):
+                self.refuse = 400
+            tokens = http1.connection_tokens(headers)
+            self.conn_tokens = tokens
+            if b"content-length" in tokens and self.content_length is not None:
+                # Envoy removes a nominated content-length; its encoder then chunks the body.
+                self.content_length = None
+                self.body_framing = b"chunked"
 
     def request_body(self, data: bytes) -> None:
         self.req_bytes += len(data)
@@ -248,6 +337,9 @@ class Exchange:
 
     def _route(self) -> None:
         listener = self.listener
+        if self.refuse:
+            self.down.protocol_error(self.refuse, self)
+            return
         if self.http10 and not listener.http10:
             # Envoy's codec rejects HTTP/1.0 on listeners without accept_http_10.
             self.down.protocol_error(426, self)
@@ -264,6 +356,11 @@ class Exchange:
                 break
         if url[:1] == b"/":
             path = url
+            if b"#" in path:
+                # Istio sets http_reject_path_with_fragment to false, so its Envoy strips the
+                # fragment instead of refusing it (istio/istio pkg/bootstrap/config.go
+                # extractRuntimeFlags; envoy http1 codec_impl.cc).
+                path = path.partition(b"#")[0]
         elif url[:7].lower() == b"http://":
             try:
                 parsed = httptools.parse_url(url)
@@ -277,12 +374,11 @@ class Exchange:
         else:
             self.down.protocol_error(400, self)
             return
-        if authority is None:
-            if not self.http10:
-                # HTTP/1.1 requires Host (envoy HeaderUtility::requestHeadersValid).
-                self.down.protocol_error(400, self)
-                return
-            authority = b""
+        if not authority:
+            # Envoy requires a host on every request, HTTP/1.0 included when no
+            # default_host_for_http_10 is set, as in Istio (envoy conn_manager_impl.cc, MissingHost).
+            self.down.protocol_error(400, self)
+            return
         self.authority = authority
         state = self.state
         table = state.table
@@ -332,8 +428,8 @@ class Exchange:
         kind = listener.kind
         headers = self.headers
         out = [self.method, b" ", path, b" HTTP/1.1\r\n"]
-        skip = SKIP_REQUEST
-        extra = http1.connection_tokens(headers)
+        skip = SKIP_EDGE if kind == "gateway" else SKIP_REQUEST
+        extra = self.conn_tokens
         if extra:
             skip = skip | extra
         has_xfp = has_rid = has_host = False
@@ -369,14 +465,16 @@ class Exchange:
             out += (b"host: ", self.authority, CRLF)
         if self.body_framing == b"chunked":
             out.append(b"transfer-encoding: chunked\r\n")
+        elif self.content_length is not None:
+            out += (b"content-length: ", self.content_length, CRLF)
+        if self.te_trailers:
+            out.append(b"te: trailers\r\n")
         if kind == "gateway":
-            # Gateways use the remote address (use_remote_address: true) and append it to XFF.
+            # Gateways use the remote address (use_remote_address: true): the client is appended to
+            # XFF and, the request being external, is the x-envoy-external-address.
             client = self.down.peer_ip
             out += (b"x-forwarded-for: ", xff + b"," + client if xff else client, CRLF)
             out += (b"x-envoy-external-address: ", client, CRLF)
-            if self.down.internal:
-                # A loopback or private client is "internal" to Envoy (Utility::isInternalAddress).
-                out.append(b"x-envoy-internal: true\r\n")
         if not has_xfp:
             out.append(b"x-forwarded-proto: http\r\n")
         if not has_rid:
@@ -645,7 +743,20 @@ class Exchange:
     def check_timeouts(self, now: float) -> None:
         """Called periodically by the proxy's timer sweep."""
         timeouts = self.state.timeouts
-        if not self.req_complete:
+        if not self.headers_done and timeouts.headers and now - self.start > timeouts.headers:
+            self.local_reply(408, b"request header timeout", "-", close=True)
+        elif timeouts.stream_idle and now - self.down.last_active > timeouts.stream_idle:
+            # No byte either way for the stream idle timeout (envoy conn_manager_impl.cc
+            # onIdleTimeout): 408 before the request is complete, 504 after, flag SI.
+            if self.resp_started:
+                self.flags = "SI"
+                self.close_after = True
+                self._drop_upstream()
+                self.down.abort()
+                self.finish()
+            else:
+                self.local_reply(504 if self.req_complete else 408, b"stream timeout", "SI", close=True)
+        elif not self.req_complete:
             if timeouts.request and now - self.start > timeouts.request:
                 self.local_reply(408, b"request timeout", "-", close=True)
         elif timeouts.route and self.started and now - self.req_done_at > timeouts.route:

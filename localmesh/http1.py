@@ -146,6 +146,34 @@ def connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
     return tokens
 
 
+# Envoy refuses a Connection header that nominates 10 or more headers, an X-Forwarded-* header
+# (removing it would hide where the request came from) or a pseudo-header, and a nominated `te`
+# of 256 bytes or more (envoy source/common/http/utility.cc Utility::sanitizeConnectionHeader).
+MAX_NOMINATED = 10
+MAX_TE_VALUE = 256
+UNREMOVABLE = frozenset((b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto"))
+
+
+def nominations_valid(values: list[bytes], te: bytes | None) -> bool:
+    """Whether the Connection header values (and the request's `te`) pass Envoy's sanitizer."""
+    tokens = [t.strip().lower() for value in values for t in value.split(b",")]
+    tokens = [t for t in tokens if t]
+    if len(tokens) >= MAX_NOMINATED:
+        return False
+    for token in tokens:
+        if token in UNREMOVABLE or token[:1] == b":":
+            return False
+        if token == b"te" and te is not None and len(te) >= MAX_TE_VALUE:
+            return False
+    return True
+
+
+def has_trailers(te: bytes) -> bool:
+    """`te` names the `trailers` token: Envoy keeps `te: trailers` and drops any other value
+    (envoy conn_manager_utility.cc sanitizeTEHeader; utility.cc sanitizeConnectionHeader)."""
+    return any(t.strip().lower() == b"trailers" for t in te.split(b","))
+
+
 def chunk(data: bytes) -> bytes:
     """One chunk of a chunked body."""
     return b"%x\r\n%s\r\n" % (len(data), data)

@@ -113,7 +113,11 @@ class ProxyServer:
     async def _sweep(self) -> None:
         """Check idle, request and route timeouts of every connection a few times a second."""
         timeouts = self.state.timeouts
-        enabled = [t for t in (timeouts.idle, timeouts.request, timeouts.route) if t]
+        enabled = [
+            t
+            for t in (timeouts.idle, timeouts.request, timeouts.route, timeouts.headers, timeouts.stream_idle)
+            if t
+        ]
         interval = min(1.0, max(0.05, min(enabled) / 5)) if enabled else 1.0
         while True:
             await asyncio.sleep(interval)
@@ -189,6 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="S",
         help="408 when a request is not fully received in S seconds (Envoy default 0: off)",
+    )
+    parser.add_argument(
+        "--request-headers-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="408 when a request's headers are not complete S seconds after its first byte "
+        "(Envoy default 0: off; 60 here; 0: off)",
+    )
+    parser.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="408 (504 once the request is complete) when a request sees no byte either way for S "
+        "seconds (Envoy default 300; 0: off)",
     )
     parser.add_argument(
         "--route-timeout",
@@ -322,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeouts=Timeouts(
             idle=args.idle_timeout,
             request=args.request_timeout,
+            headers=args.request_headers_timeout,
+            stream_idle=args.stream_idle_timeout,
             route=args.route_timeout,
             connect=args.connect_timeout,
         ),

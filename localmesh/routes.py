@@ -209,9 +209,14 @@ class RouteTable:
 
 
 _MEMO_LIMIT = 4096  # distinct (host, port, protocol) or (authority, path) keys kept per table
+# Keys longer than this are decided every time and not kept, so the memo stays under about
+# _MEMO_LIMIT * _MEMO_KEY_LIMIT characters (4 MiB) whatever clients send.
+_MEMO_KEY_LIMIT = 1024
 
 
-def _remember(table: RouteTable, key: tuple[Any, ...], decision: Decision | None) -> None:
+def _remember(table: RouteTable, key: tuple[Any, ...], size: int, decision: Decision | None) -> None:
+    if size > _MEMO_KEY_LIMIT:
+        return
     memo = table._memo
     if len(memo) >= _MEMO_LIMIT:  # many distinct hosts or paths: start over rather than grow
         memo.clear()
@@ -545,7 +550,7 @@ def decide_outbound(table: RouteTable, host: str, port: int, protocol: str) -> D
     if known is not None:
         return known
     decision = _decide_outbound(table, host, port, protocol)
-    _remember(table, key, decision)
+    _remember(table, key, len(host), decision)
     return decision
 
 
@@ -608,12 +613,14 @@ def _specificity(pattern: str) -> tuple[int, int]:
 def decide_ingress(table: RouteTable, authority: str, path: str) -> Decision | None:
     """The gateway's route for a request: Gateway and VirtualService hosts must admit the authority;
     the most specific matching host wins, then the first uri match in order. None = no route (404 NR)."""
+    # Routes match the path without its query, so the query is not part of the key.
+    path = path.partition("?")[0]
     key = ("in", authority, path)
     memo = table._memo
     if key in memo:
         return memo[key]
     found = _decide_ingress(table, authority, path)
-    _remember(table, key, found)
+    _remember(table, key, len(authority) + len(path), found)
     return found
 
 

@@ -29,6 +29,10 @@ class Timeouts:
 
     idle: float = 3600.0  # HTTP connection idle_timeout: Istio/Envoy default 1 h
     request: float = 0.0  # HCM request_timeout: disabled by default in Envoy
+    # HCM request_headers_timeout: off in Envoy; 60 s here so a half-sent head cannot hold a
+    # connection for the hour of the idle timeout (stricter than Envoy: docs/proxy-limits.md).
+    headers: float = 60.0
+    stream_idle: float = 300.0  # HCM stream_idle_timeout: Envoy's default 5 min
     route: float = 0.0  # route timeout: Istio disables it unless a VirtualService sets one
     connect: float = 10.0  # cluster connect_timeout: Istio's default 10 s
 

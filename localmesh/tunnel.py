@@ -72,7 +72,11 @@ class Tunnel:
     def start(self) -> None:
         state = self.state
         try:
-            host, port = http1.split_authority(self.target, default_port=443)
+            # CONNECT takes the authority-form `host:port` only (RFC 9112 3.2.3): no path, no
+            # default port (port 0 is refused by split_authority).
+            if b"/" in self.target:
+                raise ValueError("not authority-form")
+            host, port = http1.split_authority(self.target, default_port=0)
         except ValueError:
             self.down.write(http1.local_reply(400, b"Bad Request", b"envoy", close=True))
             self.closed = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -59,6 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         owner = self.owner
         down = owner.down if owner is not None else None
         if down is not None:
+            down.last_active = time.monotonic()  # upstream bytes keep the stream alive (stream idle)
             down.cork()
         try:
             self._parser.feed_data(data)

@@ -10,7 +10,11 @@ import asyncio
 import contextlib
 import json
 import re
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -110,6 +114,73 @@ class BackgroundProxy:
     @property
     def admin(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
+
+    def metrics(self) -> str:
+        return http_get(self.admin_port, "/stats/prometheus")[2].decode()
+
+
+class ProxyProcess:
+    """`python -m localmesh.proxy` as a child process on free ports, offline (loopback only), for
+    tests that measure the process (RSS) or must not share an event loop with the test."""
+
+    def __init__(
+        self, role: str, table: routes.RouteTable, app: tuple[str, int] | None = None, extra: tuple = ()
+    ) -> None:
+        self.role = role
+        self.table = table
+        self.admin_port = free_port()
+        self.listen_port = self.inbound_port = self.outbound_port = 0
+        self.args = ["--role", role, "--admin", f"127.0.0.1:{self.admin_port}", "--offline", *extra]
+        if role == "gateway":
+            self.listen_port = free_port()
+            self.args += ["--listen", f"127.0.0.1:{self.listen_port}"]
+        else:
+            self.inbound_port, self.outbound_port = free_port(), free_port()
+            self.args += [
+                "--inbound",
+                f"127.0.0.1:{self.inbound_port}",
+                "--outbound",
+                f"127.0.0.1:{self.outbound_port}",
+                "--app",
+                f"{app[0]}:{app[1]}",
+            ]
+        self.dir = tempfile.TemporaryDirectory(prefix="localmesh-proxy-test-")
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> ProxyProcess:
+        routes_file = Path(self.dir.name) / "routes.json"
+        routes_file.write_text(self.table.to_json())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localmesh.proxy", "--routes", str(routes_file), *self.args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if http_get(self.admin_port, "/ready")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError(f"proxy {self.args} did not become ready")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.dir.cleanup()
+
+    def rss_kb(self) -> int:
+        """Resident memory of the proxy process now (VmRSS from /proc)."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
 
     def metrics(self) -> str:
         return http_get(self.admin_port, "/stats/prometheus")[2].decode()

@@ -183,7 +183,7 @@ def test_server_header_of_the_app_is_overwritten_on_inbound(app):
 def test_http10_is_served_by_the_gateway_and_closed_after_the_response(app):
     table = tables("passthrough", {"idgen.recipes.svc.cluster.local:80": app.address})["istio-ingressgateway"]
     with BackgroundProxy("gateway", table) as gateway, connect(gateway.listen_port) as sock:
-        sock.sendall(b"GET /id HTTP/1.0\r\n\r\n")
+        sock.sendall(b"GET /id HTTP/1.0\r\nHost: site\r\n\r\n")
         status, _, body, raw = read_response(sock)
         assert raw.startswith(b"HTTP/1.0 200 OK\r\n")
         assert (status, body) == (200, b"hello")
@@ -194,7 +194,7 @@ def test_http10_keep_alive_is_kept_when_asked(app):
     table = tables("passthrough", {"idgen.recipes.svc.cluster.local:80": app.address})["istio-ingressgateway"]
     with BackgroundProxy("gateway", table) as gateway, connect(gateway.listen_port) as sock:
         for _ in range(2):
-            sock.sendall(b"GET /id HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            sock.sendall(b"GET /id HTTP/1.0\r\nHost: site\r\nConnection: keep-alive\r\n\r\n")
             status, headers, _, _ = read_response(sock)
             assert (status, headers["connection"]) == (200, "keep-alive")
 
@@ -209,7 +209,7 @@ def test_http10_is_refused_by_a_sidecar_with_426_as_istio_does_by_default(app):
 
 def test_http10_is_accepted_by_a_sidecar_when_enabled(app):
     with sidecar(app, http10=True) as proxy:
-        status, _, body, raw = exchange(proxy.inbound_port, b"GET /ok HTTP/1.0\r\n\r\n")
+        status, _, body, raw = exchange(proxy.inbound_port, b"GET /ok HTTP/1.0\r\nHost: idgen\r\n\r\n")
     assert raw.startswith(b"HTTP/1.0 200 OK\r\n")
     assert (status, body) == (200, b"hello")
 
@@ -525,7 +525,11 @@ def test_gateway_forwards_with_edge_headers(app):
     seen = app.requests[-1]["headers"]
     assert status == 200
     assert seen["x-forwarded-for"] == "10.1.1.1,127.0.0.1"  # use_remote_address: the client is appended
-    assert seen["x-envoy-internal"] == "true"
+    # Envoy 1.36+ treats no address as internal unless internal_address_config says so (Istio sets
+    # none on gateways): the request is external, so no x-envoy-internal and the client is the
+    # external address.
+    assert "x-envoy-internal" not in seen
+    assert seen["x-envoy-external-address"] == "127.0.0.1"
     assert seen["x-envoy-attempt-count"] == "1"
     assert seen["x-envoy-peer-metadata-id"].startswith(
         "router~127.0.0.1~istio-ingressgateway-local.istio-system~"

@@ -603,3 +603,13 @@ def test_remembered_decisions_stay_right_past_the_memo_limit():
     table = idgen(REGISTRY, entry())
     blocked = [out(table, f"h{i}.example").cluster for i in range(5000)]
     assert set(blocked) == {BLACKHOLE} and out(table, "httpbin.org").cluster == "outbound|80||httpbin.org"
+
+
+def test_the_memo_is_keyed_on_what_decides_a_route_and_keeps_no_long_key():
+    table = tables()["istio-ingressgateway"]
+    for i in range(100):
+        assert decide_ingress(table, "localhost", f"/id?q={i}{'x' * 4096}") == TO_IDGEN
+    assert decide_ingress(table, "localhost", "/" + "p" * 5000) is None
+    assert out(table, "h" * 5000 + ".example").cluster == PASSTHROUGH
+    # One key for the hundred queries; the 5,000-character path and host were decided, not kept.
+    assert sorted(key[:2] for key in table._memo) == [("in", "localhost")]
