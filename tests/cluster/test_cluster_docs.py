@@ -156,3 +156,14 @@ def test_the_retry_comment_says_what_the_schedule_waits(tmp_path: Path) -> None:
     assert f"= {slept:.0f} s of waiting" in lib
     assert "4 minutes" not in lib
     assert f"{slept:.0f} s" in DOC
+
+
+def test_idgen_base_image_is_pinned_by_digest_and_the_docs_say_where_it_comes_from() -> None:
+    """A tag can be rebuilt under the same name; a digest cannot. The Dockerfile pins both (the tag says
+    which release, the digest fixes the bytes), and docs/cluster.md names the digest's provenance."""
+    froms = re.findall(r"^FROM (\S+)", (ROOT / "idgen" / "Dockerfile").read_text(), re.M)
+    assert froms, "idgen/Dockerfile has no FROM line"
+    for ref in froms:
+        match = re.fullmatch(r"python:(3\.11\.\d+)-slim-(\w+)@sha256:([0-9a-f]{64})", ref)
+        assert match, f"{ref} is not pinned by release, Debian suite and digest"
+        assert f"python:{match[1]}-slim-{match[2]}@sha256:{match[3][:8]}" in DOC
