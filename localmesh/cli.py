@@ -330,11 +330,8 @@ def cmd_logs(args: argparse.Namespace, paths: Paths) -> int:
                     sys.stdout.flush()
                 else:
                     time.sleep(0.2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the way to end `-f`: not an interruption worth a message
         return 0
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
