@@ -6,6 +6,7 @@ Matchers render to PromQL and also evaluate in Python (`Matcher.matches`), so th
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,8 +60,10 @@ class Window:
 
     @property
     def range_seconds(self) -> str:
-        """The window as Kiali writes it in its queries: whole seconds, e.g. "60s" (at least 1s)."""
-        return f"{max(1, int(self.seconds))}s"
+        """The window as Kiali writes it in its queries: whole seconds, e.g. "60s" (at least 1s). A window
+        that starts at a moment is rounded up, so the scrape taken at that moment stays inside it."""
+        whole = math.ceil(self.seconds) if self.start is not None else int(self.seconds)
+        return f"{max(1, whole)}s"
 
 
 @dataclass(frozen=True)
@@ -107,20 +110,17 @@ def all_match(matchers: Iterable[Matcher], labels: Mapping[str, str]) -> bool:
 
 
 def counts_query(metric: str, matchers: Sequence[Matcher], by: Sequence[str], window: Window) -> str:
-    """How many requests (or connections, bytes) each label group saw in the window.
+    """How many requests (or connections, bytes) each label group saw in the window: exactly, to the
+    scrape, as the counter's value now less its value at the window's start.
 
-    `increase()` alone misses a series' first value: Istio creates a series at its first request, so
-    a host called once in the window would count 0 (and could slip past the lock-down check). The
-    `unless ... offset` part takes the whole value of series that did not exist one window ago.
-    Prometheus matches `or` on labels ignoring the metric name, so each series is counted once.
+    Not `increase()`: it extrapolates to the window's edges (promql/functions.go extrapolatedRate), so
+    3 requests in a short window could read as 6.5; and it misses a series' first value (Istio creates a
+    series at its first request, so a host called once would count 0 and slip past the lock-down
+    check). A series that did not exist at the start, or that went down (its proxy restarted), counts
+    its whole value: `or` keeps it, matching on labels without the metric name, so once per series.
     """
     sel = selector(metric, matchers)
-    return (
-        f"sum by ({', '.join(by)}) (\n"
-        f"  ({sel} unless {sel} offset {window.text})\n"
-        f"  or increase({sel}[{window.text}])\n"
-        f") > 0"
-    )
+    return f"sum by ({', '.join(by)}) (\n  ({sel} - {sel} offset {window.text} >= 0)\n  or {sel}\n) > 0"
 
 
 def kiali_rate_query(metric: str, matchers: Sequence[Matcher], by: Sequence[str], window: Window) -> str:

@@ -63,11 +63,19 @@ def test_matchers_render_promql_and_match_like_prometheus() -> None:
     assert Matcher("x", "!~", "a|b").matches({"x": "ab"})  # anchored: "ab" is neither "a" nor "b"
 
 
-def test_counts_query_counts_new_series_whole_and_old_ones_by_increase() -> None:
+def test_counts_query_is_the_difference_to_the_windows_start_and_new_series_whole() -> None:
     q = promql.counts_query("m", [promql.eq("reporter", "source")], ["a", "b"], Window.parse("5m"))
-    assert 'm{reporter="source"} unless m{reporter="source"} offset 5m' in q
-    assert 'or increase(m{reporter="source"}[5m])' in q
+    assert '(m{reporter="source"} - m{reporter="source"} offset 5m >= 0)' in q
+    assert '  or m{reporter="source"}\n' in q
+    assert "increase(" not in q  # it extrapolates: 3 requests could read as 6.5
     assert q.startswith("sum by (a, b) (") and q.endswith("> 0")
+
+
+def test_a_window_since_a_moment_rounds_its_kiali_range_up() -> None:
+    """rate() over whole seconds: a window since a switch 4.2 s ago is 5s, so it keeps the scrape taken at
+    the switch (4s would drop it, and with it the only sample before the traffic)."""
+    assert Window.since(100.0, now=104.2).range_seconds == "5s"
+    assert Window.parse("90s").range_seconds == "90s"
 
 
 @pytest.mark.parametrize(
