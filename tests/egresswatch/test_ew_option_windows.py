@@ -59,12 +59,16 @@ def test_commands_default_to_the_traffic_since_the_option_took_effect(
     step(stack, "serviceentry", 2)
     step(stack, "blackhole", 2)
     stack.apply("passthrough")
-    assert drive(stack, ids=3) == [200] * 3
+    # The passthrough series may be new on this stack: Kiali's rate() never sees a series' first value, so
+    # one request is scraped on its own first, and the next two make it grow.
+    assert drive(stack, ids=1) == [200]
+    wait_scraped(stack)
+    assert drive(stack, ids=2) == [200] * 2
     wait_scraped(stack)
 
     report = ew_json(stack, "report")
     assert kinds(report["rows"]) == ["PassthroughCluster"], report["rows"]
-    assert 3 <= report["rows"][0]["count"] < 6
+    assert report["rows"][0]["count"] == 3  # exactly: the counter now less its value at the switch
     assert report["source"]["window_start"] > time.time() - WAIT * 3
     table = ew(stack, "report").stdout
     assert "since option passthrough took effect at" in table
