@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from localmesh.config import ClusterState
 from localmesh.control import DEFAULT_MESH_CONFIG, tables_for
+from localmesh.mesh.store import ClusterState
 from localmesh.procs import Child, free_port, running
 from localmesh.stack import LOOPBACK, ROOT, Ports
 

@@ -35,7 +35,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, TextIO
 
-from localmesh.routes import BLACKHOLE, PASSTHROUGH
+from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH
 
 if TYPE_CHECKING:
     from localmesh.exchange import Exchange

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from localmesh import control
-from localmesh.config import ConfigError
+from localmesh.mesh.load import ConfigError
 from localmesh.procs import log_tail, port_in_use
 from localmesh.stack import (
     PROXY_CHILDREN,

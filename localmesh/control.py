@@ -19,8 +19,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from localmesh.config import ApplyResult, ClusterState, load_file
-from localmesh.routes import BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY, RouteTable, build_tables, decide_outbound
+from localmesh.mesh.load import load_file
+from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY
+from localmesh.mesh.store import ApplyResult, ClusterState
+from localmesh.pilot.routes import RouteTable, build_tables, decide_outbound
 from localmesh.stack import EXTERNAL_HOST, ROOT, Applied, Paths, Ports, addresses, proxy_admins
 
 DEFAULT_MESH_CONFIG = ROOT / "manifests" / "istio" / "mesh-allow-any.yaml"

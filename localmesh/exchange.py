@@ -35,7 +35,8 @@ import httptools
 
 from localmesh import http1, peer_metadata
 from localmesh.http1 import CRLF, DATE, HOP_BY_HOP, LAST_CHUNK
-from localmesh.routes import PASSTHROUGH, UNKNOWN, Decision, Service, Workload
+from localmesh.mesh.names import PASSTHROUGH, UNKNOWN, Service, Workload
+from localmesh.pilot.routes import Decision
 from localmesh.state import UNKNOWN_SERVICE, Listener, ProxyState
 from localmesh.upstream import Address, UpstreamConnection
 

@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Istio's ingress gateway or sidecar on 127.0.0.1, with Istio's standard metrics.",
     )
     parser.add_argument("--role", required=True, choices=("gateway", "sidecar"))
-    parser.add_argument("--routes", required=True, type=Path, help="route table JSON (localmesh.routes)")
+    parser.add_argument("--routes", required=True, type=Path, help="route table JSON (localmesh.pilot)")
     parser.add_argument(
         "--admin",
         required=True,
@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     import uvloop
 
-    from localmesh import routes
+    from localmesh.pilot import routes
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from localmesh.accesslog import AccessLog
+from localmesh.mesh.names import Service, Workload
 from localmesh.peer_metadata import Identity, PeerCache
-from localmesh.routes import Decision, Service, Workload
+from localmesh.pilot.routes import Decision
 from localmesh.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, Telemetry
 from localmesh.upstream import Address, Pool
 

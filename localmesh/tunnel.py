@@ -20,7 +20,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from localmesh import http1
-from localmesh.routes import PASSTHROUGH, UNKNOWN
+from localmesh.mesh.names import PASSTHROUGH, UNKNOWN
 
 if TYPE_CHECKING:
     from localmesh.downstream import Downstream

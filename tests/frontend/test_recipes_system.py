@@ -35,9 +35,10 @@ from recipes_testlib import (
     problem,
 )
 
-from localmesh.config import load_kustomization, parse
+from localmesh.mesh.load import load_kustomization
+from localmesh.mesh.model import parse
+from localmesh.pilot.routes import build_tables
 from localmesh.procs import free_port, running, spawn, wait_http
-from localmesh.routes import build_tables
 
 BIN = ROOT / ".venv" / "bin"
 FUNCTIONS_FRAMEWORK = BIN / "functions-framework"

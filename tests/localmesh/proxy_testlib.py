@@ -25,9 +25,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import uvloop
 
-from localmesh import routes
 from localmesh.accesslog import AccessLog
-from localmesh.config import load_kustomization, parse
+from localmesh.mesh.load import load_kustomization
+from localmesh.mesh.model import parse
+from localmesh.pilot import routes
 from localmesh.procs import free_port
 from localmesh.proxy import GATEWAY, INBOUND, OUTBOUND, Endpoint, ProxyServer
 from localmesh.state import Listener, ProxyState, Timeouts

@@ -1,4 +1,4 @@
-"""localmesh.config: loading manifests as kubectl does, validation errors and warnings, the cluster state."""
+"""localmesh.mesh: loading manifests as kubectl does, validation errors and warnings, the cluster state."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from localmesh.config import (
+from localmesh.mesh.load import ConfigError, load_file, load_kustomization, load_text
+from localmesh.mesh.model import parse
+from localmesh.mesh.names import (
+    ALLOW_ANY,
+    BLACKHOLE,
     OPTION_SELECTOR,
-    ClusterState,
-    ConfigError,
+    PASSTHROUGH,
+    REGISTRY_ONLY,
     canonical_service,
-    load_file,
-    load_kustomization,
-    load_text,
-    parse,
 )
-from localmesh.routes import ALLOW_ANY, BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY, build_tables, decide_outbound
+from localmesh.mesh.store import ClusterState
+from localmesh.pilot.routes import build_tables, decide_outbound
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
