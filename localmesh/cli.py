@@ -16,6 +16,7 @@ from pathlib import Path
 from localmesh import control
 from localmesh.mesh.load import ConfigError
 from localmesh.procs import log_tail, port_in_use
+from localmesh.proxy.telemetry import max_passthrough_hosts
 from localmesh.stack import (
     PROXY_CHILDREN,
     ROOT,
@@ -38,7 +39,6 @@ from localmesh.stack import (
     urls,
     wait_scraped_since,
 )
-from localmesh.telemetry import max_passthrough_hosts
 
 START_TIMEOUT = 60.0
 # `apply` returns once Prometheus has scraped after the change (a second locally), so traffic sent next

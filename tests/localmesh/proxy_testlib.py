@@ -25,13 +25,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import uvloop
 
-from localmesh.accesslog import AccessLog
 from localmesh.mesh.load import load_kustomization
 from localmesh.mesh.model import parse
 from localmesh.pilot import routes
 from localmesh.procs import free_port
-from localmesh.proxy import GATEWAY, INBOUND, OUTBOUND, Endpoint, ProxyServer
-from localmesh.state import Listener, ProxyState, Timeouts
+from localmesh.proxy.accesslog import AccessLog
+from localmesh.proxy.server import GATEWAY, INBOUND, OUTBOUND, Endpoint, ProxyServer
+from localmesh.proxy.state import Listener, ProxyState, Timeouts
 
 ROOT = Path(__file__).resolve().parents[2]
 IDGEN_FQDN = "idgen.recipes.svc.cluster.local"

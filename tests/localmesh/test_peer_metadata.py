@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 from localmesh.mesh.names import INGRESS_GATEWAY, UNKNOWN, Workload
-from localmesh.peer_metadata import (
+from localmesh.proxy.peer_metadata import (
     HEADER_ID,
     HEADER_METADATA,
     HEADER_PRINCIPAL,

@@ -191,7 +191,7 @@ def test_a_caller_without_a_proxy_is_unknown_to_the_sidecar(mesh, sidecar):
 
 def test_the_sidecar_answers_a_mesh_caller_with_its_own_metadata(mesh, sidecar):
     from localmesh.mesh.names import INGRESS_GATEWAY
-    from localmesh.peer_metadata import Identity
+    from localmesh.proxy.peer_metadata import Identity
 
     gateway = Identity.of(INGRESS_GATEWAY, "router")
     request = (

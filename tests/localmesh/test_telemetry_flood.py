@@ -18,7 +18,7 @@ from proxy_testlib import App, samples, tables
 
 from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH, UNKNOWN, Service, Workload
 from localmesh.procs import free_port
-from localmesh.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, OVERFLOW_METRIC, Telemetry
+from localmesh.proxy.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, OVERFLOW_METRIC, Telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOOD = 20_000

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING
 
-from localmesh import http1
 from localmesh.mesh.names import PASSTHROUGH, UNKNOWN
-
-if TYPE_CHECKING:
-    from localmesh.downstream import Downstream
+from localmesh.proxy import http1
+from localmesh.proxy.interfaces import DownstreamConnection
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
@@ -56,7 +53,7 @@ class _Upstream(asyncio.Protocol):
 class Tunnel:
     """Relays bytes both ways between the downstream connection and the decided upstream."""
 
-    def __init__(self, down: Downstream, target: bytes, initial: bytes) -> None:
+    def __init__(self, down: DownstreamConnection, target: bytes, initial: bytes) -> None:
         self.down = down
         self.state = down.state
         self.target = target

@@ -1,6 +1,6 @@
 """One proxied HTTP request and its response: routing, forwarding, retries, local replies, metrics.
 
-An Exchange is created when a request starts on a downstream connection (localmesh.downstream),
+An Exchange is created when a request starts on a downstream connection (localmesh.proxy.downstream),
 routed once its headers are parsed, and finished when its response has been written. Envoy
 behaviours imitated here, with their sources:
 - header rewriting: hop-by-hop headers dropped, `server` overwritten, `date` kept or added,
@@ -16,7 +16,7 @@ behaviours imitated here, with their sources:
   [retried and the latest ]reset reason: ..., transport failure reason: ..." (UF/URX,UF/UC/UPE),
   503 "no healthy upstream" (UH), 504 "upstream request timeout" (UT), 404 NR with no body,
   408 "request timeout", 0 + "DC" when the client goes away (envoy router.cc, conn_manager_impl.cc);
-- peer metadata exchange (localmesh.peer_metadata) and Istio's metric labels (localmesh.telemetry).
+- peer metadata exchange (proxy.peer_metadata) and Istio's metric labels (proxy.telemetry).
 """
 
 from __future__ import annotations
@@ -29,19 +29,16 @@ import sys
 import time
 import traceback
 from random import getrandbits
-from typing import TYPE_CHECKING
 
 import httptools
 
-from localmesh import http1, peer_metadata
-from localmesh.http1 import CRLF, DATE, HOP_BY_HOP, LAST_CHUNK
 from localmesh.mesh.names import PASSTHROUGH, UNKNOWN, Service, Workload
 from localmesh.pilot.routes import Decision
-from localmesh.state import UNKNOWN_SERVICE, Listener, ProxyState
-from localmesh.upstream import Address, UpstreamConnection
-
-if TYPE_CHECKING:
-    from localmesh.downstream import Downstream
+from localmesh.proxy import http1, peer_metadata
+from localmesh.proxy.http1 import CRLF, DATE, HOP_BY_HOP, LAST_CHUNK
+from localmesh.proxy.interfaces import DownstreamConnection
+from localmesh.proxy.state import UNKNOWN_SERVICE, Listener, ProxyState
+from localmesh.proxy.upstream import Address, UpstreamConnection
 
 # Envoy's retry buffer limit is the connection buffer limit; bodies above it are not retried.
 RETRY_BUFFER_LIMIT = 1024 * 1024
@@ -169,7 +166,7 @@ class Exchange:
         "written",
     )
 
-    def __init__(self, down: Downstream, state: ProxyState, listener: Listener) -> None:
+    def __init__(self, down: DownstreamConnection, state: ProxyState, listener: Listener) -> None:
         self.down = down
         self.state = state
         self.listener = listener

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localmesh.accesslog import AccessLog
-from localmesh.admin import Admin
-from localmesh.downstream import Downstream
-from localmesh.state import Listener, ProxyState, Timeouts
-from localmesh.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, max_passthrough_hosts
-from localmesh.upstream import Address
+from localmesh.proxy.accesslog import AccessLog
+from localmesh.proxy.admin import Admin
+from localmesh.proxy.downstream import Downstream
+from localmesh.proxy.state import Listener, ProxyState, Timeouts
+from localmesh.proxy.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, max_passthrough_hosts
+from localmesh.proxy.upstream import Address
 
 GATEWAY = Listener("gateway", b"istio-envoy", http10=True)
 INBOUND = Listener("inbound", b"istio-envoy", http10=False)
@@ -355,7 +355,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         state, listeners, Endpoint("--admin", *args.admin), routes.RouteTable.from_json, admin_token
     )
     return uvloop.run(_serve(server))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

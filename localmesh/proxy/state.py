@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from localmesh.accesslog import AccessLog
 from localmesh.mesh.names import Service, Workload
-from localmesh.peer_metadata import Identity, PeerCache
 from localmesh.pilot.routes import Decision
-from localmesh.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, Telemetry
-from localmesh.upstream import Address, Pool
+from localmesh.proxy.interfaces import RequestLog
+from localmesh.proxy.peer_metadata import Identity, PeerCache
+from localmesh.proxy.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, Telemetry
+from localmesh.proxy.upstream import Address, Pool
 
 DecideOutbound = Callable[[Any, str, int, str], Decision]
 DecideIngress = Callable[[Any, str, str], "Decision | None"]
@@ -94,7 +94,7 @@ class ProxyState:
         decide_ingress: DecideIngress | None = None,
         app: Address | None = None,
         timeouts: Timeouts | None = None,
-        access_log: AccessLog | None = None,
+        access_log: RequestLog | None = None,
         validate: Callable[[Any], None] | None = None,
         offline: bool = False,
         max_passthrough_hosts: int = DEFAULT_MAX_PASSTHROUGH_HOSTS,

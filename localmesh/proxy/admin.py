@@ -5,7 +5,7 @@
   "LIVE" in state LIVE, 503 with the state name before);
 - GET  /config_dump: the current route table as JSON (its version included; no secret);
 - POST /routes: a new route table (RouteTable JSON). It is parsed and checked first, then
-  installed atomically (localmesh.state.ProxyState.swap): 200 {"version": ...}; a bad table gets
+  installed atomically (localmesh.proxy.state.ProxyState.swap): 200 {"version": ...}; a bad table gets
   400 {"error": ...} and the running table stays.
 
 Reads are open, as Envoy's admin port is. Writes are not: Envoy's admin cannot change routes at all
@@ -26,8 +26,8 @@ from typing import Any
 
 import httptools
 
-from localmesh.http1 import DATE, REASONS
-from localmesh.state import ProxyState
+from localmesh.proxy.http1 import DATE, REASONS
+from localmesh.proxy.state import ProxyState
 
 MAX_BODY = 16 * 1024 * 1024
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
