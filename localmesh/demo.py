@@ -29,10 +29,12 @@ from egresswatch.prom import PrometheusClient
 from egresswatch.promql import REQUESTS
 from egresswatch.report import build_report, render_table
 from egresswatch.source import METRICS, ProxiesSource
-from localmesh import cli, control
+from localmesh import cli
 from localmesh.demopage import DemoPage, Step
 from localmesh.expected import EGRESS_SELECTOR, EXPECTATIONS, OPTIONS, Expectation
-from localmesh.stack import ROOT, Paths, StackState, default_state_dir, proxy_admins, urls
+from localmesh.stack import push as control
+from localmesh.stack.statefile import StackState
+from localmesh.stack.topology import ROOT, Paths, default_state_dir, proxy_admins, urls
 
 PROMETHEUS_CATCH_UP = 15.0  # seconds to wait for Prometheus to scrape the step's last requests
 OUT = ROOT / "out"

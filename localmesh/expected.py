@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from localmesh.stack import EXTERNAL_HOST
+from localmesh.stack.topology import EXTERNAL_HOST
 
 
 @dataclass(frozen=True)

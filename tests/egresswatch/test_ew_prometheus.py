@@ -18,7 +18,7 @@ from ewseries import SCENARIOS
 
 from egresswatch.cli import main
 from egresswatch.render import COLORS
-from localmesh.procs import free_port
+from localmesh.stack.procs import free_port
 
 pytestmark = pytest.mark.prometheus
 SVG = "{http://www.w3.org/2000/svg}"

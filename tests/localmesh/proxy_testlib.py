@@ -28,10 +28,10 @@ import uvloop
 from localmesh.mesh.load import load_kustomization
 from localmesh.mesh.model import parse
 from localmesh.pilot import routes
-from localmesh.procs import free_port
 from localmesh.proxy.accesslog import AccessLog
 from localmesh.proxy.server import GATEWAY, INBOUND, OUTBOUND, Endpoint, ProxyServer
 from localmesh.proxy.state import Listener, ProxyState, Timeouts
+from localmesh.stack.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IDGEN_FQDN = "idgen.recipes.svc.cluster.local"

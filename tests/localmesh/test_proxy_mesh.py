@@ -17,7 +17,7 @@ import pytest
 from istio_labels import GATEWAY_SOURCE, IDGEN_DESTINATION
 from proxy_testlib import ADMIN_TOKEN, App, exchange, http_get, http_post, tables, value
 
-from localmesh.procs import free_port, running
+from localmesh.stack.procs import free_port, running
 
 PROXY = [sys.executable, "-m", "localmesh.proxy"]
 IDGEN_FQDN = "idgen.recipes.svc.cluster.local"

@@ -12,7 +12,6 @@ as `istioctl proxy-status` says SYNCED or STALE
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 import urllib.error
@@ -23,7 +22,9 @@ from localmesh.mesh.load import load_file
 from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY
 from localmesh.mesh.store import ApplyResult, ClusterState
 from localmesh.pilot.routes import RouteTable, build_tables, decide_outbound
-from localmesh.stack import EXTERNAL_HOST, ROOT, Applied, Paths, Ports, addresses, proxy_admins
+from localmesh.stack.files import atomic_write
+from localmesh.stack.statefile import Applied
+from localmesh.stack.topology import EXTERNAL_HOST, ROOT, Paths, Ports, addresses, proxy_admins
 
 DEFAULT_MESH_CONFIG = ROOT / "manifests" / "istio" / "mesh-allow-any.yaml"
 DEFAULT_OVERLAY = ROOT / "manifests" / "overlays" / "passthrough"
@@ -37,13 +38,7 @@ class PushError(RuntimeError):
 def new_credential(paths: Paths) -> None:
     """A fresh random credential for this stack's config pushes, in a file only its user can read.
     Written at every `up`, before the proxies start: they read it once, at start."""
-    paths.admin_token.parent.mkdir(parents=True, exist_ok=True)
-    tmp = paths.admin_token.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_urlsafe(32) + "\n")
-    tmp.replace(paths.admin_token)
+    atomic_write(paths.admin_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
 
 
 def credential(paths: Paths) -> str:
@@ -63,10 +58,7 @@ def load_state(paths: Paths) -> ClusterState:
 
 
 def save_state(paths: Paths, state: ClusterState) -> None:
-    paths.config_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = paths.config_file.with_suffix(".tmp")
-    tmp.write_text(state.to_json())
-    tmp.replace(paths.config_file)
+    atomic_write(paths.config_file, state.to_json())
 
 
 def tables_for(state: ClusterState, ports: Ports) -> dict[str, RouteTable]:
@@ -77,11 +69,7 @@ def tables_for(state: ClusterState, ports: Ports) -> dict[str, RouteTable]:
 def write_tables(paths: Paths, tables: dict[str, RouteTable]) -> None:
     """The files proxies (re)start from, so a restarted proxy comes back with the current config."""
     for name, table in tables.items():
-        target = paths.routes_file(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(table.to_json())
-        tmp.replace(target)
+        atomic_write(paths.routes_file(name), table.to_json())
 
 
 def push(tables: dict[str, RouteTable], ports: Ports, token: str) -> list[str]:
