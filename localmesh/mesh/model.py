@@ -11,7 +11,6 @@ from typing import Any
 from localmesh.mesh.load import ConfigError, Resource
 from localmesh.mesh.names import (
     ALLOW_ANY,
-    APP_NAMESPACE,
     CLUSTER_DOMAIN,
     GATEWAY_LABELS,
     ROOT_NAMESPACE,
@@ -86,9 +85,12 @@ class MeshState:
 
     @property
     def outbound_mode(self) -> str:
-        """The effective outbound policy mode for the app namespace (recipes), for idgen's pods."""
-        deployment = self.deployment("idgen", APP_NAMESPACE)
-        return self.outbound_policy(APP_NAMESPACE, deployment.labels if deployment else None).mode
+        """The effective outbound policy mode for the mesh's (first) workload's pods; the mesh
+        config's when no Deployment is applied."""
+        if not self.deployments:
+            return self.mesh_mode
+        deployment = self.deployments[0]
+        return self.outbound_policy(deployment.namespace, deployment.labels).mode
 
     def deployment(self, name: str, namespace: str | None = None) -> Deployment | None:
         candidates = [d for d in self.deployments if d.name == name]

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 # Istio's config root namespace (meshConfig.rootNamespace default): a Sidecar there is the mesh-wide default.
 ROOT_NAMESPACE = "istio-system"
-# The namespace of the bundle's app (idgen); MeshState.outbound_mode answers for it.
-APP_NAMESPACE = "recipes"
 # kubectl puts resources without metadata.namespace into the context's namespace, normally "default".
 DEFAULT_NAMESPACE = "default"
 # Kubernetes DNS suffix and Istio's default trust domain (meshConfig.trustDomain).

@@ -18,7 +18,6 @@ from localmesh.mesh.load import ConfigError
 from localmesh.mesh.model import MeshState
 from localmesh.mesh.names import (
     ALLOW_ANY,
-    APP_NAMESPACE,
     BLACKHOLE,
     GATEWAY_LABELS,
     GATEWAY_NAMESPACE,
@@ -194,30 +193,30 @@ class _Index:
 
 
 def build_tables(state: MeshState, addresses: Mapping[str, tuple[str, int]]) -> dict[str, RouteTable]:
-    """One RouteTable per proxy localmesh runs: "istio-ingressgateway" and "idgen" (its sidecar).
+    """One RouteTable per proxy: the ingress gateway's ("istio-ingressgateway") and one sidecar's for
+    each Deployment (keyed by its name), as istiod computes one configuration per connected proxy.
 
     `addresses` maps "host:port" to the (ip, port) that stands for it locally; other hosts are
     connected to as they are (real DNS).
     """
-    deployment = state.deployment("idgen", APP_NAMESPACE) or state.deployment("idgen")
-    if deployment is None:
+    if state.services and not state.deployments:
+        # Name the workloads the Services expect, so the message says what is missing.
+        wanted = sorted({s.selector.get("app", s.name) for s in state.services})
         raise ConfigError(
-            "no Deployment idgen in the applied config: apply an overlay (manifests/overlays/<option>), "
-            "which includes manifests/base"
+            f"no Deployment {' or '.join(wanted)} in the applied config: apply an overlay "
+            "(manifests/overlays/<option>), which includes manifests/base"
         )
     addr = {key.lower(): (str(ip), int(port)) for key, (ip, port) in addresses.items()}
-    idgen = deployment.workload(state.trust_domain)
-    policy = state.outbound_policy(idgen.namespace, deployment.labels)
     gateway = replace(
         INGRESS_GATEWAY,
         principal=spiffe_principal(
             GATEWAY_NAMESPACE, "istio-ingressgateway-service-account", state.trust_domain
         ),
     )
-    return {
+    tables = {
         # Gateways always get the default sidecar scope, whose outbound policy is meshConfig's
         # (pilot/pkg/model/push_context.go getSidecarScope: "Gateways always use default sidecar scope").
-        "istio-ingressgateway": _with_version(
+        INGRESS_GATEWAY.name: _with_version(
             RouteTable(
                 version="",
                 proxy=gateway,
@@ -228,19 +227,26 @@ def build_tables(state: MeshState, addresses: Mapping[str, tuple[str, int]]) -> 
                 ingress_routes=_ingress_routes(state),
                 addresses=addr,
             )
-        ),
-        "idgen": _with_version(
-            RouteTable(
-                version="",
-                proxy=idgen,
-                outbound_policy=policy.mode,
-                policy_source=policy.source,
-                service_entries=_service_entry_routes(state, idgen.namespace),
-                mesh_services=_mesh_service_routes(state, idgen.namespace),
-                addresses=dict(addr),
-            )
-        ),
+        )
     }
+    for deployment in state.deployments:
+        workload = deployment.workload(state.trust_domain)
+        policy = state.outbound_policy(workload.namespace, deployment.labels)
+        tables.setdefault(
+            deployment.name,
+            _with_version(
+                RouteTable(
+                    version="",
+                    proxy=workload,
+                    outbound_policy=policy.mode,
+                    policy_source=policy.source,
+                    service_entries=_service_entry_routes(state, workload.namespace),
+                    mesh_services=_mesh_service_routes(state, workload.namespace),
+                    addresses=dict(addr),
+                )
+            ),
+        )
+    return tables
 
 
 def _with_version(table: RouteTable) -> RouteTable:
@@ -431,7 +437,7 @@ def _connect(addresses: Mapping[str, tuple[str, int]], host: str, port: int) -> 
 
 
 def decide_outbound(table: RouteTable, host: str, port: int, protocol: str) -> Decision:
-    """What the idgen sidecar does with a request to host:port (protocol "http", or "tcp" for CONNECT).
+    """What a sidecar does with a request to host:port (protocol "http", or "tcp" for CONNECT).
 
     Istio's outbound rules: a host in a ServiceEntry exported to the namespace, on one of its ports,
     goes to that entry's cluster; a mesh Service (by its FQDN or the shorter names Kubernetes DNS

@@ -18,13 +18,22 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from localmesh.mesh.load import load_file
+from localmesh.mesh.load import ConfigError, load_file
 from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY
 from localmesh.mesh.store import ApplyResult, ClusterState
 from localmesh.pilot.routes import RouteTable, build_tables, decide_outbound
 from localmesh.stack.files import atomic_write
 from localmesh.stack.statefile import Applied
-from localmesh.stack.topology import EXTERNAL_HOST, ROOT, Paths, Ports, addresses, proxy_admins
+from localmesh.stack.topology import (
+    EXTERNAL_HOST,
+    PROXY_CHILDREN,
+    ROOT,
+    SIDECAR_WORKLOAD,
+    Paths,
+    Ports,
+    addresses,
+    proxy_admins,
+)
 
 DEFAULT_MESH_CONFIG = ROOT / "manifests" / "istio" / "mesh-allow-any.yaml"
 DEFAULT_OVERLAY = ROOT / "manifests" / "overlays" / "passthrough"
@@ -62,8 +71,17 @@ def save_state(paths: Paths, state: ClusterState) -> None:
 
 
 def tables_for(state: ClusterState, ports: Ports) -> dict[str, RouteTable]:
+    """The route tables of the applied config; ConfigError when one of the proxies this stack runs
+    would have none (its Deployment is not applied)."""
     mesh, _ = state.mesh()
-    return build_tables(mesh, addresses(ports))
+    tables = build_tables(mesh, addresses(ports))
+    for workload in PROXY_CHILDREN:
+        if workload not in tables:
+            raise ConfigError(
+                f"no Deployment {workload} in the applied config: apply an overlay "
+                "(manifests/overlays/<option>), which includes manifests/base"
+            )
+    return tables
 
 
 def write_tables(paths: Paths, tables: dict[str, RouteTable]) -> None:
@@ -131,7 +149,8 @@ def apply(
     lines = [str(change) for change in result.changes]
     lines += [f"warning: {w}" for w in result.warnings]
     # Everything that can refuse the config runs before anything is written: an error changes nothing.
-    lines.append(f"egress policy for recipes: {describe(state)}")
+    namespace = tables_for(state, Ports())[SIDECAR_WORKLOAD].proxy.namespace
+    lines.append(f"egress policy for {namespace}: {describe(state)}")
     tables = tables_for(state, ports) if ports is not None else None
     save_state(paths, state)
     if ports is not None and tables:
@@ -167,8 +186,8 @@ def sync_status(paths: Paths, ports: Ports) -> dict[str, tuple[str | None, str]]
 
 
 def describe(state: ClusterState) -> str:
-    """Which of the three options the applied config amounts to, as idgen's sidecar would route."""
-    table = tables_for(state, Ports())["idgen"]
+    """Which of the three options the applied config amounts to, as the stack's sidecar would route."""
+    table = tables_for(state, Ports())[SIDECAR_WORKLOAD]
     cluster = decide_outbound(table, EXTERNAL_HOST, 80, "http").cluster
     policy = table.outbound_policy
     option = {PASSTHROUGH: "passthrough", BLACKHOLE: "blackhole"}.get(cluster, "serviceentry")

@@ -129,15 +129,19 @@ def urls(ports: Ports, with_prometheus: bool) -> dict[str, str]:
     return shown
 
 
+# The Deployment of manifests/base whose pods' sidecar the stack runs (its route table's key), and
+# the ingress gateway's workload.
+SIDECAR_WORKLOAD = "idgen"
+GATEWAY_WORKLOAD = "istio-ingressgateway"
 # The workload whose istio-proxy container each proxy child plays (`localmesh logs <workload>`).
-PROXY_CHILDREN = {"idgen": "sidecar", "istio-ingressgateway": "gateway"}
+PROXY_CHILDREN = {SIDECAR_WORKLOAD: "sidecar", GATEWAY_WORKLOAD: "gateway"}
 
 
 def proxy_admins(ports: Ports) -> dict[str, str]:
     """Each proxy's admin URL, keyed by the route table it serves."""
     return {
-        "istio-ingressgateway": f"http://{LOOPBACK}:{ports.gateway_admin}",
-        "idgen": f"http://{LOOPBACK}:{ports.sidecar_admin}",
+        GATEWAY_WORKLOAD: f"http://{LOOPBACK}:{ports.gateway_admin}",
+        SIDECAR_WORKLOAD: f"http://{LOOPBACK}:{ports.sidecar_admin}",
     }
 
 
