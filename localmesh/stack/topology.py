@@ -5,6 +5,7 @@ the proxies' admin URLs), and the checks on ports before a start."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -17,6 +18,8 @@ VENV_BIN = Path(sys.executable).parent
 HTTPBIN_BIN = Path(os.environ.get("HTTPBIN_VENV", ROOT / ".venv-httpbin")) / "bin"
 LOOPBACK = "127.0.0.1"
 EXTERNAL_HOST = "httpbin.org"
+# One folder per egress option (`kubectl apply -k manifests/overlays/<option>`).
+OVERLAYS_DIR = ROOT / "manifests" / "overlays"
 IDGEN_SERVICE = "idgen.recipes.svc.cluster.local"
 
 
@@ -182,3 +185,22 @@ def taken_ports(ports: Ports, with_prometheus: bool) -> list[str]:
         for name, port in listening_ports(ports, with_prometheus).items()
         if port_in_use(port)
     ]
+
+
+def egress_options(folder: Path = OVERLAYS_DIR) -> tuple[str, ...]:
+    """The egress options in the workshop's order: the overlays in `folder`, each numbered by the
+    first line of its kustomization.yaml ("# Option 1, passthrough: ...")."""
+    numbered = []
+    for kustomization in folder.glob("*/kustomization.yaml"):
+        name = kustomization.parent.name
+        first = kustomization.read_text(encoding="utf-8").partition("\n")[0]
+        found = re.match(r"# Option (\d+), ([a-z0-9-]+):", first)
+        if found is None or found.group(2) != name:
+            raise ValueError(
+                f"{kustomization}: the first line must be '# Option <number>, {name}: <what it does>'"
+            )
+        numbered.append((int(found.group(1)), name))
+    return tuple(name for _, name in sorted(numbered))
+
+
+OPTIONS = egress_options()
