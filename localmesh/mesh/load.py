@@ -343,7 +343,7 @@ def _check_node_graph(root: yaml.Node, source: str) -> None:
         )
 
 
-def display_path(path: Path) -> str:
+def _display_path(path: Path) -> str:
     """Paths in messages: relative to the working directory when below it (as the user typed them)."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -356,14 +356,14 @@ def _read_text(path: Path) -> str:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise ConfigError(
-                f"{display_path(path)}: {size} bytes is more than the {MAX_FILE_BYTES} bytes (3 MiB) the "
+                f"{_display_path(path)}: {size} bytes is more than the {MAX_FILE_BYTES} bytes (3 MiB) the "
                 "Kubernetes API server accepts in one request; split the file"
             )
         return path.read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError(f"{display_path(path)}: cannot read: {err.strerror or err}") from err
+        raise ConfigError(f"{_display_path(path)}: cannot read: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{display_path(path)}: not UTF-8 text: {err}") from err
+        raise ConfigError(f"{_display_path(path)}: not UTF-8 text: {err}") from err
 
 
 def _yaml_documents(text: str, source: str) -> list[Any]:
@@ -412,11 +412,11 @@ def load_file(path: str | Path) -> list[Resource]:
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix in (".yaml", ".yml", ".json") and f.is_file())
         if not files:
-            raise ConfigError(f"{display_path(p)}: no .yaml, .yml or .json files in this directory")
+            raise ConfigError(f"{_display_path(p)}: no .yaml, .yml or .json files in this directory")
         return [r for f in files for r in load_file(f)]
     if not p.exists():
-        raise ConfigError(f"{display_path(p)}: no such file or directory")
-    return load_text(_read_text(p), display_path(p))
+        raise ConfigError(f"{_display_path(p)}: no such file or directory")
+    return load_text(_read_text(p), _display_path(p))
 
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
@@ -434,13 +434,13 @@ def load_kustomization(directory: str | Path) -> list[Resource]:
 
 
 def _build_kustomization(directory: Path, expected_kind: str, stack: tuple[Path, ...]) -> list[Resource]:
-    shown = display_path(directory)
+    shown = _display_path(directory)
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
         raise ConfigError(f"{shown}: {what} (expected a kustomization directory)")
     real = directory.resolve()
     if real in stack:
-        chain = " -> ".join(display_path(p) for p in (*stack, real))
+        chain = " -> ".join(_display_path(p) for p in (*stack, real))
         raise ConfigError(f"{shown}: kustomization cycle: {chain}")
     found = [directory / name for name in KUSTOMIZATION_FILES if (directory / name).is_file()]
     if not found:
@@ -450,7 +450,7 @@ def _build_kustomization(directory: Path, expected_kind: str, stack: tuple[Path,
     if len(found) > 1:
         raise ConfigError(f"{shown}: found multiple kustomization files: {', '.join(p.name for p in found)}")
     kfile = found[0]
-    kshown = display_path(kfile)
+    kshown = _display_path(kfile)
     docs = [d for d in _yaml_documents(_read_text(kfile), kshown) if d is not None]
     if len(docs) != 1 or not isinstance(docs[0], dict):
         raise ConfigError(f"{kshown}: expected one YAML mapping (a kustomization)")
@@ -504,7 +504,7 @@ def _build_kustomization(directory: Path, expected_kind: str, stack: tuple[Path,
             if len(stack) + 1 >= MAX_KUSTOMIZATION_DEPTH and (section == "components" or target.is_dir()):
                 raise ConfigError(
                     f"{kshown}: {at}: {entry!r}: kustomizations nested more than {MAX_KUSTOMIZATION_DEPTH} "
-                    f"deep (from {display_path(stack[0]) if stack else shown}); flatten the chain"
+                    f"deep (from {_display_path(stack[0]) if stack else shown}); flatten the chain"
                 )
             if section == "components":
                 add(_build_kustomization(target, "Component", (*stack, real)), at)

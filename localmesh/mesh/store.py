@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from localmesh.mesh.load import ConfigError, Resource, display_path, load_file, load_kustomization
+from localmesh.mesh.load import ConfigError, Resource, load_file, load_kustomization
 from localmesh.mesh.model import MeshState, parse
 from localmesh.mesh.names import OPTION_SELECTOR
 
@@ -171,19 +171,3 @@ class ClusterState:
                 raise ConfigError(f"{origin}: resources[{i}]: expected {{source, object}}")
             items.append(Resource.from_body(item.get("object"), item["source"]))
         return cls(items)
-
-    def save(self, path: str | Path) -> None:
-        """Writes atomically (temp file + rename), so a crash never leaves half a state behind."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        tmp.replace(target)
-
-    @classmethod
-    def load(cls, path: str | Path) -> ClusterState:
-        """The saved state, or an empty one when there is none yet."""
-        p = Path(path)
-        if not p.exists():
-            return cls()
-        return cls.from_json(p.read_text(encoding="utf-8"), display_path(p))

@@ -50,7 +50,6 @@ class Decision:
 # --------------------------------------------------------------------------------------------------
 # The proxies localmesh runs, as Istio would name them
 
-PROXY_KEYS = ("istio-ingressgateway", "idgen")
 
 # Istio's port protocols grouped by how the proxy handles them.
 _HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})

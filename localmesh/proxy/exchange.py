@@ -33,7 +33,7 @@ from random import getrandbits
 import httptools
 
 from localmesh.mesh.names import PASSTHROUGH, UNKNOWN, Service, Workload
-from localmesh.pilot.routes import Decision
+from localmesh.pilot.routes import Decision, decide_ingress, decide_outbound
 from localmesh.proxy import http1, peer_metadata
 from localmesh.proxy.http1 import CRLF, DATE, HOP_BY_HOP, LAST_CHUNK
 from localmesh.proxy.interfaces import DownstreamConnection
@@ -160,7 +160,6 @@ class Exchange:
         "te_trailers",
         "up_mtls",
         "up_peer",
-        "upgrade",
         "upstream",
         "url",
         "written",
@@ -177,7 +176,6 @@ class Exchange:
         self.http10 = False
         self.keep_alive = True
         self.head_request = False
-        self.upgrade = False
         self.request_id = b"-"
         self.headers_done = False
         self.started = False
@@ -230,7 +228,6 @@ class Exchange:
         if not self.http10 and version != "1.1":
             self.refuse = 400  # llhttp reads HTTP/2.0 (and 0.9) request lines: not HTTP/1.x here
         self.keep_alive = parser.should_keep_alive()
-        self.upgrade = parser.should_upgrade()
         self.head_request = self.method == b"HEAD"
         self.headers_done = True
         # Wire size of the request line and headers as received (canonical "name: value" form).
@@ -385,7 +382,7 @@ class Exchange:
             self.address = state.app
             self.service = state.service
         elif kind == "gateway":
-            decision = state.decide_ingress(table, authority.decode("latin-1"), path.decode("latin-1"))
+            decision = decide_ingress(table, authority.decode("latin-1"), path.decode("latin-1"))
             if decision is None:
                 self.local_reply(404, b"", "NR")
                 return
@@ -396,7 +393,7 @@ class Exchange:
             except ValueError:
                 self.down.protocol_error(400, self)
                 return
-            decision = state.decide_outbound(table, host, port, "http")
+            decision = decide_outbound(table, host, port, "http")
             self._use(decision)
             if decision.upstream is None:
                 # BlackHoleCluster: Istio's block_all route is a direct response 502 with no body;

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from localmesh.proxy.accesslog import AccessLog
 from localmesh.proxy.admin import Admin
@@ -67,13 +66,11 @@ class ProxyServer:
         state: ProxyState,
         listeners: Sequence[tuple[Listener, Endpoint]],
         admin: Endpoint,
-        parse_table: Callable[[str], Any],
         admin_token: bytes | None = None,
     ) -> None:
         self.state = state
         self.listeners = listeners
         self.admin = admin
-        self.parse_table = parse_table
         self.admin_token = admin_token
         self.servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.Task | None = None
@@ -88,9 +85,7 @@ class ProxyServer:
                     loop, lambda listener=listener: Downstream(state, listener), endpoint
                 )
                 self.servers.append(server)
-            admin = await self._bind(
-                loop, lambda: Admin(state, self.parse_table, self.admin_token), self.admin
-            )
+            admin = await self._bind(loop, lambda: Admin(state, self.admin_token), self.admin)
             self.servers.append(admin)
         except ListenError:
             await self.stop()
@@ -336,8 +331,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = ProxyState(
         args.role,
         table,
-        decide_outbound=routes.decide_outbound,
-        decide_ingress=routes.decide_ingress,
         app=args.app,
         timeouts=Timeouts(
             idle=args.idle_timeout,
@@ -351,7 +344,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         offline=args.offline,
         max_passthrough_hosts=cap,
     )
-    server = ProxyServer(
-        state, listeners, Endpoint("--admin", *args.admin), routes.RouteTable.from_json, admin_token
-    )
+    server = ProxyServer(state, listeners, Endpoint("--admin", *args.admin), admin_token)
     return uvloop.run(_serve(server))

@@ -19,6 +19,7 @@ import asyncio
 import socket
 
 from localmesh.mesh.names import PASSTHROUGH, UNKNOWN
+from localmesh.pilot.routes import decide_outbound
 from localmesh.proxy import http1
 from localmesh.proxy.interfaces import DownstreamConnection
 
@@ -79,7 +80,7 @@ class Tunnel:
             self.closed = True
             self.down.abort()
             return
-        self.decision = state.decide_outbound(state.table, host, port, "tcp")
+        self.decision = decide_outbound(state.table, host, port, "tcp")
         self.down.write(ESTABLISHED)
         if self.decision.upstream is None:
             # BlackHoleCluster: tcp_proxy finds no host and closes the connection right away.

@@ -85,8 +85,6 @@ class BackgroundProxy:
         self.state = ProxyState(
             role,
             table,
-            decide_outbound=routes.decide_outbound,
-            decide_ingress=routes.decide_ingress,
             app=app,
             timeouts=timeouts or Timeouts(),
             access_log=AccessLog(access_log) if access_log is not None else None,
@@ -95,7 +93,6 @@ class BackgroundProxy:
             self.state,
             listeners,
             Endpoint("--admin", "127.0.0.1", self.admin_port),
-            routes.RouteTable.from_json,
             ADMIN_TOKEN.encode(),
         )
         self.loop = uvloop.new_event_loop()
