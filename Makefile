@@ -18,7 +18,7 @@ export HOST PORT
 TARGET ?= local
 # Recipes the demo creates per egress option.
 N ?= 10
-OPTIONS := passthrough blackhole serviceentry
+include mk/options.mk
 
 .PHONY: help setup test lint run-idgen run-frontend run-httpbin clean up down status apply delete logs demo \
         $(addprefix demo-,$(OPTIONS))

@@ -32,9 +32,8 @@ from pathlib import Path
 from bench import loadgen, procstat, results
 from bench.loadgen import Request, Result
 from bench.stackrun import no_mesh
-from localmesh.driver import LocalStack, local_stack
-from localmesh.expected import OPTIONS
-from localmesh.stack import ROOT
+from localmesh.stack.driver import LocalStack, local_stack
+from localmesh.stack.topology import OPTIONS, ROOT
 
 TARGET_RATE = 300.0
 TARGET_P99_MS = 100.0

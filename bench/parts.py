@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from localmesh.config import ClusterState
-from localmesh.control import DEFAULT_MESH_CONFIG, tables_for
-from localmesh.procs import Child, free_port, running
-from localmesh.stack import LOOPBACK, ROOT, Ports
+from localmesh.mesh.store import ClusterState
+from localmesh.stack.procs import Child, free_port, running
+from localmesh.stack.push import DEFAULT_MESH_CONFIG, tables_for
+from localmesh.stack.topology import LOOPBACK, ROOT, Ports
 
 PY = sys.executable
 

@@ -77,12 +77,3 @@ def tree_cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError):  # exited while we looked
             total += cpu_seconds(each)
     return total
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of pid and its descendants, added up (shared pages count once per process)."""
-    total = 0.0
-    for each in descendants(pid):
-        with contextlib.suppress(OSError, KeyError):
-            total += rss_mb(each)
-    return total

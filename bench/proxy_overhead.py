@@ -30,7 +30,7 @@ from pathlib import Path
 from bench import loadgen, procstat, profile, results
 from bench.loadgen import Request, Result
 from bench.parts import Rig, proxy_rig
-from localmesh.stack import EXTERNAL_HOST, IDGEN_SERVICE, ROOT
+from localmesh.stack.topology import EXTERNAL_HOST, IDGEN_SERVICE, ROOT
 
 TARGET_VCPU_PER_1000 = 0.10
 TARGET_RSS_MB = 30.0

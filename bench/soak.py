@@ -2,7 +2,7 @@
 
     python -m bench.soak --seconds 60          # make bench-soak; figures into bench/RESULTS.md
 
-The stack runs on free 127.0.0.1 ports in a folder of its own (localmesh.driver); Locust runs headless
+The stack runs on free 127.0.0.1 ports in a folder of its own (localmesh.stack.driver); Locust runs headless
 with loadtest/locustfile.py's users plus bench/soak_users.py's, which records every creation's outcome.
 Spread over the run, the site's master, the gateway proxy, the sidecar proxy, idgen's gunicorn master
 and the httpbin stand-in's master each get SIGKILL (the process alone: a master's workers are left to
@@ -33,8 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import procstat, results
-from localmesh.driver import LocalStack, local_stack
-from localmesh.stack import ROOT, VENV_BIN, Paths, pid_alive, plan, read_state
+from localmesh.stack.driver import LocalStack, local_stack
+from localmesh.stack.plan import plan
+from localmesh.stack.procs import pid_alive
+from localmesh.stack.statefile import read_state
+from localmesh.stack.topology import ROOT, VENV_BIN, Paths
 
 # What is killed, in order: the state file's child name -> what the table calls it.
 VICTIMS = {

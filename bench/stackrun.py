@@ -1,5 +1,5 @@
 """The same apps without a mesh, on free 127.0.0.1 ports: the baseline a benchmark compares the
-local stack (localmesh.driver) against. Each process is stopped by its PID.
+local stack (localmesh.stack.driver) against. Each process is stopped by its PID.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from localmesh.procs import free_port, running
-from localmesh.stack import HTTPBIN_BIN, LOOPBACK, ROOT, Ports
+from localmesh.stack.procs import free_port, running
+from localmesh.stack.topology import HTTPBIN_BIN, LOOPBACK, ROOT, Ports
 
 PY = sys.executable
 # Variables that would send idgen's calls to some sidecar; the no-mesh baseline must not inherit them.
@@ -72,7 +72,8 @@ def no_mesh(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[Dir
 
 def httpbin_flags() -> list[str]:
     """httpbin's worker flags exactly as the stack's plan() gives them, so both sides match."""
-    from localmesh.stack import Paths, plan
+    from localmesh.stack.plan import plan
+    from localmesh.stack.topology import Paths
 
     spec = next(s for s in plan(Ports(), Paths(Path("/nonexistent")), None) if s.name == "httpbin")
     cmd = spec.cmd

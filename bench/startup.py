@@ -29,9 +29,9 @@ import requests
 
 from bench import results
 from bench.stackrun import PY
-from localmesh import control
-from localmesh.driver import LocalStack, free_ports, local_stack
-from localmesh.stack import ROOT, Paths
+from localmesh.stack import push as control
+from localmesh.stack.driver import LocalStack, free_ports, local_stack
+from localmesh.stack.topology import ROOT, Paths
 
 TARGET_DEMO_S = 30.0
 TARGET_APPLY_S = 1.0

@@ -7,6 +7,10 @@
     api.write_graph(["127.0.0.1:15000", "127.0.0.1:15090"], "out/graph-passthrough.svg", baseline=snap)
     rows = api.breakdown("http://127.0.0.1:9090", window="30s")    # or from Prometheus
 
+The local demo compares two snapshots (`snapshot`, or `prometheus_snapshot` for the same counters as
+a Prometheus holds them), reads what happened `between` them, prints `report_table` and draws
+`write_graph`; its page embeds `render_svg` with `CSS` and counts formatted by `fmt_count`.
+
 Each raises an EgressWatchError subclass (SourceUnreachable, EmptyWindow, NoTraffic) whose str() is
 the message to print.
 """
@@ -16,13 +20,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from egresswatch import exposition, render
+from egresswatch import exposition, prom, render
+from egresswatch.errors import EgressWatchError
 from egresswatch.exposition import Snapshot
 from egresswatch.graph import Graph, build_graph
-from egresswatch.report import breakdown, make_source
-from egresswatch.source import METRICS, Source
+from egresswatch.promql import REQUESTS
+from egresswatch.render import CSS, render_svg
+from egresswatch.report import breakdown, build_report, fmt_count, make_source, render_table
+from egresswatch.source import METRICS, ProxiesSource, Source
 
-__all__ = ["Snapshot", "breakdown", "snapshot", "write_graph"]
+__all__ = [
+    "CSS",
+    "REQUESTS",
+    "EgressWatchError",
+    "Graph",
+    "Snapshot",
+    "Source",
+    "between",
+    "breakdown",
+    "fmt_count",
+    "prometheus_snapshot",
+    "render_svg",
+    "report_table",
+    "snapshot",
+    "write_graph",
+]
 
 
 def snapshot(proxy_urls: Sequence[str]) -> Snapshot:
@@ -49,3 +71,20 @@ def write_graph(
     graph = build_graph(src, namespace, rates=rates)
     render.write_graph(graph, out, title=title, subtitle=src.where())
     return graph
+
+
+def prometheus_snapshot(prometheus_url: str) -> Snapshot:
+    """The counters `snapshot` reads, as the Prometheus at prometheus_url holds them now, keyed by
+    each target's metrics URL (so the two compare: equal once Prometheus has caught up)."""
+    return prom.snapshot(prom.PrometheusClient(prometheus_url), METRICS)
+
+
+def between(proxy_urls: Sequence[str], before: Snapshot, after: Snapshot, origin: str) -> Source:
+    """What the proxies counted between two snapshots, as a source for `report_table` and
+    `write_graph`; `origin` says where the numbers come from in what they print."""
+    return ProxiesSource(proxy_urls, method="since-snapshot", baseline=before, end=after, origin=origin)
+
+
+def report_table(source: Source, namespace: str | None) -> str:
+    """The egress report of `namespace` (None: every namespace) as the text table the CLI prints."""
+    return render_table(build_report(source, namespace))

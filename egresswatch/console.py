@@ -27,7 +27,7 @@ from egresswatch.graph import Graph, build_graph
 from egresswatch.prom import PrometheusClient
 from egresswatch.report import Report, build_report, to_json
 from egresswatch.source import METRICS, ProxiesSource, Source
-from localmesh.stack import Applied
+from localmesh.stack.statefile import Applied
 
 CHART_MINUTES = 5
 RATES_NOTE = (

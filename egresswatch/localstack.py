@@ -8,7 +8,9 @@ it: $LOCALMESH_STATE, else .localmesh/ in the project.
 
 from __future__ import annotations
 
-from localmesh.stack import Applied, Paths, default_state_dir, pid_alive, read_applied, read_state, urls
+from localmesh.stack.procs import pid_alive
+from localmesh.stack.statefile import Applied, read_applied, read_state
+from localmesh.stack.topology import Paths, default_state_dir, urls
 
 
 def applied(prometheus: str | None = None) -> Applied | None:

@@ -1,5 +1,5 @@
 """gunicorn settings for the recipe site on this machine: the one place `make run-frontend` and the
-local mesh (localmesh/stack.py) take them from.
+local mesh (localmesh/stack/plan.py) take them from.
 
     gunicorn -c frontend/gunicorn.conf.py
 

@@ -13,32 +13,26 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from localmesh import control
-from localmesh.config import ConfigError
-from localmesh.procs import log_tail, port_in_use
-from localmesh.stack import (
+from localmesh.mesh.load import ConfigError
+from localmesh.proxy.telemetry import max_passthrough_hosts
+from localmesh.stack import push as control
+from localmesh.stack.plan import find_prometheus, plan, prometheus_config
+from localmesh.stack.procs import log_tail, pid_alive, port_in_use
+from localmesh.stack.statefile import StackState, read_applied, read_state
+from localmesh.stack.supervisor import Supervisor, wait_scraped_since
+from localmesh.stack.topology import (
     PROXY_CHILDREN,
     ROOT,
     Paths,
     Ports,
-    StackState,
-    Supervisor,
     default_state_dir,
     duplicate_ports,
-    find_prometheus,
     listening_ports,
-    pid_alive,
-    plan,
     ports_from_env,
-    prometheus_config,
     proxy_admins,
-    read_applied,
-    read_state,
     taken_ports,
     urls,
-    wait_scraped_since,
 )
-from localmesh.telemetry import max_passthrough_hosts
 
 START_TIMEOUT = 60.0
 # `apply` returns once Prometheus has scraped after the change (a second locally), so traffic sent next

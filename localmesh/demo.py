@@ -21,18 +21,14 @@ from pathlib import Path
 
 import requests
 
-from egresswatch import exposition, prom
-from egresswatch.api import write_graph
-from egresswatch.errors import EgressWatchError
-from egresswatch.exposition import Snapshot
-from egresswatch.prom import PrometheusClient
-from egresswatch.promql import REQUESTS
-from egresswatch.report import build_report, render_table
-from egresswatch.source import METRICS, ProxiesSource
-from localmesh import cli, control
+from egresswatch import api
+from egresswatch.api import REQUESTS, EgressWatchError, Snapshot, write_graph
+from localmesh import cli
 from localmesh.demopage import DemoPage, Step
-from localmesh.expected import EGRESS_SELECTOR, EXPECTATIONS, OPTIONS, Expectation
-from localmesh.stack import ROOT, Paths, StackState, default_state_dir, proxy_admins, urls
+from localmesh.expected import EGRESS_SELECTOR, EXPECTATIONS, Expectation
+from localmesh.stack import push as control
+from localmesh.stack.statefile import StackState
+from localmesh.stack.topology import OPTIONS, ROOT, Paths, default_state_dir, proxy_admins, urls
 
 PROMETHEUS_CATCH_UP = 15.0  # seconds to wait for Prometheus to scrape the step's last requests
 OUT = ROOT / "out"
@@ -88,19 +84,19 @@ class Counters:
     def __init__(self, state: StackState) -> None:
         self.proxy_urls = [f"{admin}/stats/prometheus" for admin in proxy_admins(state.ports).values()]
         prom = urls(state.ports, state.prometheus).get("prometheus")
-        self.prometheus = PrometheusClient(prom) if prom else None
+        self.prometheus = prom
         self.where = (
             f"Prometheus {prom}" if prom else "the proxies' /stats/prometheus (this stack runs no Prometheus)"
         )
 
     def now(self) -> Snapshot:
         """Counters as they are now; from Prometheus once it has scraped all the proxies have counted."""
-        truth = exposition.scrape(self.proxy_urls, METRICS)
+        truth = api.snapshot(self.proxy_urls)
         if self.prometheus is None:
             return truth
         deadline = time.monotonic() + PROMETHEUS_CATCH_UP
         while time.monotonic() < deadline:
-            seen = prom.snapshot(self.prometheus, METRICS)
+            seen = api.prometheus_snapshot(self.prometheus)
             if _nonempty(seen) == _nonempty(truth):
                 return seen
             time.sleep(0.25)
@@ -110,11 +106,9 @@ class Counters:
         )
         return truth
 
-    def between(self, before: Snapshot, after: Snapshot) -> ProxiesSource:
+    def between(self, before: Snapshot, after: Snapshot) -> api.Source:
         """An egresswatch source for what happened between two snapshots."""
-        return ProxiesSource(
-            self.proxy_urls, method="since-snapshot", baseline=before, end=after, origin=self.where
-        )
+        return api.between(self.proxy_urls, before, after, self.where)
 
 
 def egress_growth(before: Snapshot, after: Snapshot) -> dict[Series, float]:
@@ -173,9 +167,9 @@ def run_option(
         print(f"    the site said: {site.first_message}")
     drawn, graph_error = None, ""
     try:
-        report = build_report(counters.between(before, after), "recipes")
+        table = api.report_table(counters.between(before, after), "recipes")
         print("Metrics (egresswatch report for this step):")
-        print("    " + render_table(report).rstrip().replace("\n", "\n    "))
+        print("    " + table.rstrip().replace("\n", "\n    "))
         graph = OUT / f"graph-{option}.svg"
         drawn = write_graph(
             counters.between(before, after), graph, title=f"recipes: option {number}, {option}"

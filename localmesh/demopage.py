@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
-from egresswatch.graph import Graph
-from egresswatch.render import CSS, render_svg
-from egresswatch.report import fmt_count
+from egresswatch.api import CSS, Graph, fmt_count, render_svg
 
 # The labels that tell the options apart (the rest of Istio's label set is the same in all three).
 SERIES_LABELS = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from localmesh.stack import EXTERNAL_HOST
+from localmesh.stack.topology import EXTERNAL_HOST, OPTIONS
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,9 @@ EXPECTATIONS = {
         },
     ),
 }
-OPTIONS = tuple(EXPECTATIONS)
+# Every option of manifests/overlays/ has its expectation, and only those, in the same order.
+if tuple(EXPECTATIONS) != OPTIONS:
+    raise RuntimeError(f"expected.py lists {tuple(EXPECTATIONS)}; manifests/overlays/ has {OPTIONS}")
 
 # The series the verdict reads: idgen's sidecar reporting its own outbound calls.
 EGRESS_SELECTOR = {"reporter": "source", "source_workload": "idgen", "source_workload_namespace": "recipes"}

@@ -3,7 +3,8 @@
 # cluster-demo-<option>, `make demo TARGET=cluster` runs cluster-demo. Settings come from the environment
 # (CLUSTER_NAME, KUBE_CONTEXT, GATEWAY_PORT, IMAGE, DRY_RUN, ...: each script's --help lists its own).
 
-CLUSTER_OPTIONS := passthrough blackhole serviceentry
+include $(dir $(lastword $(MAKEFILE_LIST)))options.mk
+CLUSTER_OPTIONS := $(OPTIONS)
 CLUSTER_DEMOS := $(addprefix cluster-demo-,$(CLUSTER_OPTIONS))
 
 .PHONY: cluster-kind cluster-up cluster-deploy cluster-demo cluster-frontend cluster-frontend-deploy \

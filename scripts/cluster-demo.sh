@@ -46,7 +46,9 @@ esac
 
 DEMO_REQUESTS=${DEMO_REQUESTS:-20}
 OVERLAY=$ROOT/manifests/overlays/$OPTION
-OPTIONS="passthrough blackhole serviceentry"
+# The options in order, from manifests/overlays/ (each kustomization.yaml starts "# Option <n>, <name>:").
+OPTIONS=$(sed -n 's/^# Option \([0-9]*\), \([a-z0-9-]*\):.*/\1 \2/p' "$ROOT"/manifests/overlays/*/kustomization.yaml |
+	sort -n | cut -d' ' -f2 | tr '\n' ' ')
 
 require_tools kubectl istioctl curl jq awk
 [[ $DRY_RUN == 1 ]] || require_python

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from localmesh.driver import LocalStack, start_stack
-from localmesh.procs import free_port, running
-from localmesh.stack import HTTPBIN_BIN
+from localmesh.stack.driver import LocalStack, start_stack
+from localmesh.stack.procs import free_port, running
+from localmesh.stack.topology import HTTPBIN_BIN
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,10 @@ import pytest
 import requests
 import yaml
 
-from localmesh.driver import free_ports
-from localmesh.procs import free_port, running
-from localmesh.stack import ROOT, Ports, find_prometheus
+from localmesh.stack.driver import free_ports
+from localmesh.stack.plan import find_prometheus
+from localmesh.stack.procs import free_port, running
+from localmesh.stack.topology import ROOT, Ports
 
 README = (ROOT / "README.md").read_text()
 OPTIONS = ("passthrough", "blackhole", "serviceentry")

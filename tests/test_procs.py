@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from localmesh.procs import StartError, free_port, port_in_use, running, spawn, wait_http
+from localmesh.stack.procs import StartError, free_port, port_in_use, running, spawn, wait_http
 
 
 def test_running_serves_then_stops(tmp_path):

@@ -47,7 +47,7 @@ def test_rule_names_and_alert_labels() -> None:
     assert "BlackHoleCluster" in rules["EgressBlocked"]["expr"]
     assert "PassthroughCluster" not in rules["EgressBlocked"]["expr"]
     assert "PassthroughCluster" in rules["EgressToUnregisteredHost"]["expr"]
-    # The local proxies' cap on distinct passthrough hosts (localmesh.telemetry) has its own alert.
+    # The local proxies' cap on distinct passthrough hosts (localmesh.proxy.telemetry) has its own alert.
     assert "localmesh_telemetry_overflow_total" in rules["EgressHostsOverflow"]["expr"]
 
 

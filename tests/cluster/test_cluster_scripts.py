@@ -20,7 +20,7 @@ import yaml
 from cluster_paths import MANIFESTS, SCRIPTS, pinned_versions
 from cluster_standins import Run, StandIns, pid_alive, run_script
 
-from localmesh.procs import free_port
+from localmesh.stack.procs import free_port
 
 V = pinned_versions()
 CLUSTER = "lab-test"

@@ -16,7 +16,7 @@ from ew_fakes import (
 )
 from ewseries import SCENARIOS
 
-from localmesh.procs import free_port, running
+from localmesh.stack.procs import free_port, running
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ewseries import Scenario, Series
 
-from localmesh.procs import free_port
+from localmesh.stack.procs import free_port
 
 # Debian's Chromium, driven by Playwright (it never downloads a browser); flags that keep it off the
 # network, as this machine has none.

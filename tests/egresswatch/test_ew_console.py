@@ -15,7 +15,7 @@ import pytest
 from ew_fakes import CHROMIUM, CHROMIUM_ARGS, OUT, FakeProxy, Mesh
 from ewseries import SCENARIOS
 
-from localmesh.procs import free_port, running
+from localmesh.stack.procs import free_port, running
 
 
 def console_cmd(port: int, *source: str, refresh: str = "1") -> list[str]:

@@ -24,11 +24,11 @@ import requests
 from ew_fakes import CHROMIUM, CHROMIUM_ARGS, OUT, ROOT
 
 from egresswatch import api
-from localmesh.procs import free_port
-from localmesh.stack import find_prometheus
+from localmesh.stack.plan import find_prometheus
+from localmesh.stack.procs import free_port
 
 if TYPE_CHECKING:
-    from localmesh.driver import LocalStack
+    from localmesh.stack.driver import LocalStack
 
 # Every test but the unreachable-Prometheus one needs the stack's Prometheus.
 needs_prometheus = pytest.mark.skipif(

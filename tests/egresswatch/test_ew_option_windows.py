@@ -21,7 +21,7 @@ from ew_fakes import ROOT
 from test_ew_live_stack import WAIT, drive, needs_prometheus, node_names, wait_scraped
 
 if TYPE_CHECKING:
-    from localmesh.driver import LocalStack
+    from localmesh.stack.driver import LocalStack
 
 pytestmark = [pytest.mark.prometheus, needs_prometheus]
 GATEWAY_TO_IDGEN = ("wl_Kubernetes_istio-system_istio-ingressgateway", "svc_Kubernetes_recipes_idgen")

@@ -22,10 +22,10 @@ import requests
 from ew_fakes import CHROMIUM, CHROMIUM_ARGS, ROOT
 from test_ew_live_stack import WAIT, SteadyTraffic, needs_prometheus
 
-from localmesh.stack import VENV_BIN
+from localmesh.stack.topology import VENV_BIN
 
 if TYPE_CHECKING:
-    from localmesh.driver import LocalStack
+    from localmesh.stack.driver import LocalStack
 
 pytestmark = [
     pytest.mark.prometheus,

@@ -18,7 +18,7 @@ from ewseries import SCENARIOS
 
 from egresswatch.cli import main
 from egresswatch.render import COLORS
-from localmesh.procs import free_port
+from localmesh.stack.procs import free_port
 
 pytestmark = pytest.mark.prometheus
 SVG = "{http://www.w3.org/2000/svg}"
@@ -269,12 +269,12 @@ def test_suggest_passthrough_writes_a_valid_service_entry(capsys, passthrough: M
     assert rc == 0
     assert "kind: ServiceEntry" in out and "- httpbin.org" in out and "protocol: HTTP" in out
     assert "number: 80" in out and "Hidden host" in out and "egress gateway" in out
-    config = pytest.importorskip(
-        "localmesh.config", reason="localmesh/config.py (the config work) is not there"
-    )
+    from localmesh.mesh.load import load_file
+    from localmesh.mesh.model import parse
+
     path = tmp_path / "suggested.yaml"
     path.write_text(out)
-    state, warnings = config.parse(config.load_file(path))
+    state, warnings = parse(load_file(path))
     (entry,) = state.service_entries
     assert entry.hosts == ("httpbin.org",) and entry.namespace == "recipes"
     assert [(p.number, p.name, p.protocol) for p in entry.ports] == [(80, "http", "HTTP")]

@@ -15,7 +15,7 @@ from egresswatch.cli import main
 from egresswatch.errors import EgressWatchError, SourceUnreachable
 from egresswatch.report import breakdown
 from egresswatch.source import METRICS
-from localmesh.procs import free_port
+from localmesh.stack.procs import free_port
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -135,12 +135,12 @@ def test_service_entry_names_and_ports() -> None:
 
 
 def test_suggested_service_entry_passes_localmesh_validation(tmp_path) -> None:
-    config = pytest.importorskip(
-        "localmesh.config", reason="localmesh/config.py (the config work) is not there"
-    )
+    from localmesh.mesh.load import load_file
+    from localmesh.mesh.model import parse
+
     path = tmp_path / "se.yaml"
     path.write_text(suggest.service_entry_yaml("api.example.com", 8080, "recipes", "test"))
-    state, warnings = config.parse(config.load_file(path))
+    state, warnings = parse(load_file(path))
     (entry,) = state.service_entries
     assert entry.hosts == ("api.example.com",) and entry.namespace == "recipes"
     assert [(p.number, p.protocol) for p in entry.ports] == [(8080, "HTTP")]

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import psycopg
 
-from localmesh.procs import free_port, log_tail
+from localmesh.stack.procs import free_port, log_tail
 
 BIN_GLOB = "/usr/lib/postgresql/*/bin"  # Debian's layout, one folder per major version
 

@@ -474,7 +474,7 @@ def test_idgen_failure_on_the_api_is_the_matching_status_and_code(
 
 
 def test_idgen_not_running(site_env, monkeypatch, db_path):
-    from localmesh.procs import free_port
+    from localmesh.stack.procs import free_port
 
     monkeypatch.setenv("IDGEN_URL", f"http://127.0.0.1:{free_port()}/id")
     client = functions_framework.create_app(target="recipes", source=str(MAIN)).test_client()

@@ -1,6 +1,6 @@
 """System tier: a real functions-framework server (gunicorn inside) running the function, talking to
 a real idgen under gunicorn, which talks to the real httpbin package. Every process listens on a free
-127.0.0.1 port and is stopped by its PID (localmesh.procs)."""
+127.0.0.1 port and is stopped by its PID (localmesh.stack.procs)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ from recipes_testlib import (
     problem,
 )
 
-from localmesh.config import load_kustomization, parse
-from localmesh.procs import free_port, running, spawn, wait_http
-from localmesh.routes import build_tables
+from localmesh.mesh.load import load_kustomization
+from localmesh.mesh.model import parse
+from localmesh.pilot.routes import build_tables
+from localmesh.stack.procs import free_port, running, spawn, wait_http
 
 BIN = ROOT / ".venv" / "bin"
 FUNCTIONS_FRAMEWORK = BIN / "functions-framework"

@@ -28,7 +28,7 @@ from recipesite.store_postgres import PostgresStore
 from recipesite.store_sqlite import SqliteStore
 from werkzeug.test import EnvironBuilder
 
-from localmesh.procs import free_port
+from localmesh.stack.procs import free_port
 
 # --- input rules ---------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from idgen.app import create_app
-from localmesh.procs import Child, free_port, running
+from localmesh.stack.procs import Child, free_port, running
 
 ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).parent / "gunicorn"

@@ -16,8 +16,8 @@ import pytest
 from bench import loadgen, procstat, profile, results
 from bench.loadgen import Request
 from bench.parts import proxy_rig
-from localmesh.procs import free_port, running
-from localmesh.stack import EXTERNAL_HOST, IDGEN_SERVICE
+from localmesh.stack.procs import free_port, running
+from localmesh.stack.topology import EXTERNAL_HOST, IDGEN_SERVICE
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from localmesh.procs import free_port
+from localmesh.stack.procs import free_port
 
 if TYPE_CHECKING:
     from tests.conftest import LocalStack  # the `stack` fixture's type

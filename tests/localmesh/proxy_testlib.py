@@ -25,12 +25,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import uvloop
 
-from localmesh import routes
-from localmesh.accesslog import AccessLog
-from localmesh.config import load_kustomization, parse
-from localmesh.procs import free_port
-from localmesh.proxy import GATEWAY, INBOUND, OUTBOUND, Endpoint, ProxyServer
-from localmesh.state import Listener, ProxyState, Timeouts
+from localmesh.mesh.load import load_kustomization
+from localmesh.mesh.model import parse
+from localmesh.pilot import routes
+from localmesh.proxy.accesslog import AccessLog
+from localmesh.proxy.server import GATEWAY, INBOUND, OUTBOUND, Endpoint, ProxyServer
+from localmesh.proxy.state import Listener, ProxyState, Timeouts
+from localmesh.stack.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IDGEN_FQDN = "idgen.recipes.svc.cluster.local"
@@ -84,8 +85,6 @@ class BackgroundProxy:
         self.state = ProxyState(
             role,
             table,
-            decide_outbound=routes.decide_outbound,
-            decide_ingress=routes.decide_ingress,
             app=app,
             timeouts=timeouts or Timeouts(),
             access_log=AccessLog(access_log) if access_log is not None else None,
@@ -94,7 +93,6 @@ class BackgroundProxy:
             self.state,
             listeners,
             Endpoint("--admin", "127.0.0.1", self.admin_port),
-            routes.RouteTable.from_json,
             ADMIN_TOKEN.encode(),
         )
         self.loop = uvloop.new_event_loop()

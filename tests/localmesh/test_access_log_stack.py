@@ -12,8 +12,8 @@ import pytest
 import requests
 from proxy_testlib import ISTIO_LINE
 
-from localmesh.driver import LocalStack
-from localmesh.stack import ROOT
+from localmesh.stack.driver import LocalStack
+from localmesh.stack.topology import ROOT
 
 # What an Istio 1.31 sidecar logs for idgen's GET http://httpbin.org/uuid under each option.
 EXPECTED = {

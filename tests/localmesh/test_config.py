@@ -1,4 +1,4 @@
-"""localmesh.config: loading manifests as kubectl does, validation errors and warnings, the cluster state."""
+"""localmesh.mesh: loading manifests as kubectl does, validation errors and warnings, the cluster state."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from localmesh.config import (
+from localmesh.mesh.load import ConfigError, load_file, load_kustomization, load_text
+from localmesh.mesh.model import parse
+from localmesh.mesh.names import (
+    ALLOW_ANY,
+    BLACKHOLE,
     OPTION_SELECTOR,
-    ClusterState,
-    ConfigError,
+    PASSTHROUGH,
+    REGISTRY_ONLY,
     canonical_service,
-    load_file,
-    load_kustomization,
-    load_text,
-    parse,
 )
-from localmesh.routes import ALLOW_ANY, BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY, build_tables, decide_outbound
+from localmesh.mesh.store import ClusterState
+from localmesh.pilot.routes import build_tables, decide_outbound
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -643,15 +644,12 @@ def test_delete_resources_removes_what_a_file_names_and_reports_the_rest(tmp_pat
     assert again.changes == () and "ServiceEntry recipes/ext: not found" in again.warnings[0]
 
 
-def test_cluster_state_json_round_trip_and_files(tmp_path):
+def test_cluster_state_json_round_trip():
     cluster = ClusterState(overlay("serviceentry"))
     again = ClusterState.from_json(cluster.to_json())
     assert again.to_json() == cluster.to_json() and [r.source for r in again.resources] == [
         r.source for r in cluster.resources
     ]
-    cluster.save(tmp_path / "state" / "config.json")
-    assert ClusterState.load(tmp_path / "state" / "config.json").to_json() == cluster.to_json()
-    assert len(ClusterState.load(tmp_path / "absent.json")) == 0
 
 
 def test_cluster_state_from_garbage_is_a_config_error():

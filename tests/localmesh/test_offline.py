@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from localmesh.upstream import check_offline
+from localmesh.proxy.upstream import check_offline
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 
-from localmesh.peer_metadata import (
+from localmesh.mesh.names import INGRESS_GATEWAY, UNKNOWN, Workload
+from localmesh.proxy.peer_metadata import (
     HEADER_ID,
     HEADER_METADATA,
     HEADER_PRINCIPAL,
@@ -15,7 +16,6 @@ from localmesh.peer_metadata import (
     node_id,
     workload_struct,
 )
-from localmesh.routes import INGRESS_GATEWAY, UNKNOWN, Workload
 
 # An x-envoy-peer-metadata value sent by a real istio-proxy (Istio 1.2x sidecar of a Deployment
 # "zta-demo-agent"), as published in a public test fixture.

@@ -183,7 +183,7 @@ def test_half_sent_body_gets_408_stream_timeout(app):
 
 
 def test_timeouts_have_documented_defaults():
-    from localmesh.proxy import build_parser
+    from localmesh.proxy.server import build_parser
 
     args = build_parser().parse_args(["--role", "gateway", "--routes", "x", "--admin", "127.0.0.1:1"])
     assert (args.request_headers_timeout, args.stream_idle_timeout) == (60.0, 300.0)

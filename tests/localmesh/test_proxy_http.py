@@ -31,8 +31,8 @@ from proxy_testlib import (
     with_addresses,
 )
 
-from localmesh.proxy import build_parser
-from localmesh.state import Timeouts
+from localmesh.proxy.server import build_parser
+from localmesh.proxy.state import Timeouts
 
 DATE = r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT"
 

@@ -1,7 +1,7 @@
 """The proxies as real processes (`python -m localmesh.proxy`): the gateway -> sidecar -> app chain
 with Istio's metadata exchange, exact metric series, route pushes, and the command line.
 
-Route tables come from manifests/overlays/* through localmesh.config and localmesh.routes, as
+Route tables come from manifests/overlays/* through localmesh.mesh and localmesh.pilot, as
 `localmesh apply` builds them. httpbin (the real package, under gunicorn) stands in for httpbin.org.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from istio_labels import GATEWAY_SOURCE, IDGEN_DESTINATION
 from proxy_testlib import ADMIN_TOKEN, App, exchange, http_get, http_post, tables, value
 
-from localmesh.procs import free_port, running
+from localmesh.stack.procs import free_port, running
 
 PROXY = [sys.executable, "-m", "localmesh.proxy"]
 IDGEN_FQDN = "idgen.recipes.svc.cluster.local"
@@ -190,8 +190,8 @@ def test_a_caller_without_a_proxy_is_unknown_to_the_sidecar(mesh, sidecar):
 
 
 def test_the_sidecar_answers_a_mesh_caller_with_its_own_metadata(mesh, sidecar):
-    from localmesh.peer_metadata import Identity
-    from localmesh.routes import INGRESS_GATEWAY
+    from localmesh.mesh.names import INGRESS_GATEWAY
+    from localmesh.proxy.peer_metadata import Identity
 
     gateway = Identity.of(INGRESS_GATEWAY, "router")
     request = (

@@ -1,4 +1,4 @@
-"""localmesh.routes: every Istio rule the proxies follow, one line each, plus the route table's JSON."""
+"""localmesh.pilot.routes: every Istio rule the proxies follow, one line each, plus the route table's JSON."""
 
 from __future__ import annotations
 
@@ -7,22 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from localmesh.config import ConfigError, load_kustomization, load_text, parse
-from localmesh.routes import (
+from localmesh.mesh.load import ConfigError, load_kustomization, load_text
+from localmesh.mesh.model import parse
+from localmesh.mesh.names import (
     ALLOW_ANY,
     BLACKHOLE,
     INGRESS_GATEWAY,
     PASSTHROUGH,
     REGISTRY_ONLY,
-    Decision,
-    RouteTable,
-    RouteTableError,
     Service,
     Workload,
-    build_tables,
-    decide_ingress,
-    decide_outbound,
 )
+from localmesh.pilot.codec import RouteTableError
+from localmesh.pilot.routes import Decision, RouteTable, build_tables, decide_ingress, decide_outbound
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = load_kustomization(ROOT / "manifests" / "base")

@@ -16,9 +16,10 @@ import pytest
 import requests
 from istio_labels import GATEWAY_SOURCE, IDGEN_DESTINATION, ISTIO_LABELS
 
-from localmesh.driver import LocalStack, start_stack
-from localmesh.procs import port_in_use
-from localmesh.stack import ROOT, VENV_BIN, Paths, pid_alive, read_state
+from localmesh.stack.driver import LocalStack, start_stack
+from localmesh.stack.procs import pid_alive, port_in_use
+from localmesh.stack.statefile import read_state
+from localmesh.stack.topology import ROOT, VENV_BIN, Paths
 
 RECIPE = {"title": "Tomato soup", "author": "tests", "ingredients": ["tomatoes", "salt"], "steps": "Simmer."}
 

@@ -20,9 +20,10 @@ import pytest
 import requests
 
 from bench.procstat import descendants
-from localmesh.driver import LocalStack, free_ports, start_stack
-from localmesh.procs import free_port
-from localmesh.stack import ROOT, VENV_BIN, Paths, pid_alive, read_state
+from localmesh.stack.driver import LocalStack, free_ports, start_stack
+from localmesh.stack.procs import free_port, pid_alive
+from localmesh.stack.statefile import read_state
+from localmesh.stack.topology import ROOT, VENV_BIN, Paths
 
 RECIPE = {"title": "Crash soup", "author": "tests", "ingredients": ["water"], "steps": "Boil."}
 
@@ -244,7 +245,7 @@ def test_kill_9_of_each_gunicorn_master_under_load_recovers_on_the_same_ports(tm
 
 def test_readiness_wants_a_2xx_from_its_own_child(tmp_path: Path) -> None:
     """A 404 from whatever answers on the port is not readiness (Prometheus's 404 once passed)."""
-    from localmesh.procs import StartError, spawn, wait_http
+    from localmesh.stack.procs import StartError, spawn, wait_http
 
     port = free_port()
     server = spawn(

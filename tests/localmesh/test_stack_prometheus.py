@@ -12,16 +12,11 @@ import pytest
 import requests
 import yaml
 
-from localmesh.driver import local_stack
-from localmesh.procs import StartError, free_port, running
-from localmesh.stack import (
-    RULES_DIR,
-    Ports,
-    find_prometheus,
-    prometheus_config,
-    rule_files,
-    wait_targets_scraped,
-)
+from localmesh.stack.driver import local_stack
+from localmesh.stack.plan import RULES_DIR, find_prometheus, prometheus_config, rule_files
+from localmesh.stack.procs import StartError, free_port, running
+from localmesh.stack.supervisor import wait_targets_scraped
+from localmesh.stack.topology import Ports
 
 needs_prometheus = pytest.mark.skipif(
     find_prometheus() is None,

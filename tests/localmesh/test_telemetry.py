@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from istio_labels import ISTIO_LABELS
 
-from localmesh.routes import UNKNOWN, Service, Workload
-from localmesh.telemetry import BUCKETS, HTTP_LABELS, TCP_LABELS, Telemetry, escape
+from localmesh.mesh.names import UNKNOWN, Service, Workload
+from localmesh.proxy.telemetry import BUCKETS, HTTP_LABELS, TCP_LABELS, Telemetry, escape
 
 IDGEN = Workload("idgen", "recipes", "idgen", "v1", "idgen", "v1", "unknown", "Kubernetes")
 PASSTHROUGH = Service("httpbin.org", "PassthroughCluster", "unknown")

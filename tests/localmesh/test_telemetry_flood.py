@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from proxy_testlib import App, samples, tables
 
-from localmesh.procs import free_port
-from localmesh.routes import BLACKHOLE, PASSTHROUGH, UNKNOWN, Service, Workload
-from localmesh.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, OVERFLOW_METRIC, Telemetry
+from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH, UNKNOWN, Service, Workload
+from localmesh.proxy.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, OVERFLOW_METRIC, Telemetry
+from localmesh.stack.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOOD = 20_000

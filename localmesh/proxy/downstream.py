@@ -17,10 +17,10 @@ from collections import deque
 
 import httptools
 
-from localmesh.exchange import Exchange
-from localmesh.http1 import REASONS
-from localmesh.state import Listener, ProxyState
-from localmesh.tunnel import Tunnel
+from localmesh.proxy.exchange import Exchange
+from localmesh.proxy.http1 import REASONS
+from localmesh.proxy.state import Listener, ProxyState
+from localmesh.proxy.tunnel import Tunnel
 
 # Envoy's defaults (envoy http_connection_manager.proto max_request_headers_kb: 60;
 # core protocol.proto HttpProtocolOptions.max_headers_count: 100): 431 beyond either.

@@ -35,10 +35,10 @@ import time
 import uuid
 from typing import TYPE_CHECKING, TextIO
 
-from localmesh.routes import BLACKHOLE, PASSTHROUGH
+from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH
 
 if TYPE_CHECKING:
-    from localmesh.exchange import Exchange
+    from localmesh.proxy.exchange import Exchange
 
 FLUSH_INTERVAL = 1.0
 MAX_BUFFERED = 1000  # lines; a busier second is flushed at once

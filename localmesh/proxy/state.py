@@ -7,18 +7,14 @@ started with and the next request sees the new one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from localmesh.accesslog import AccessLog
-from localmesh.peer_metadata import Identity, PeerCache
-from localmesh.routes import Decision, Service, Workload
-from localmesh.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, Telemetry
-from localmesh.upstream import Address, Pool
-
-DecideOutbound = Callable[[Any, str, int, str], Decision]
-DecideIngress = Callable[[Any, str, str], "Decision | None"]
+from localmesh.mesh.names import Service, Workload
+from localmesh.pilot.routes import RouteTable
+from localmesh.proxy.interfaces import RequestLog
+from localmesh.proxy.peer_metadata import Identity, PeerCache
+from localmesh.proxy.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, Telemetry
+from localmesh.proxy.upstream import Address, Pool
 
 UNKNOWN_SERVICE = Service(host="unknown", name="unknown", namespace="unknown")
 
@@ -63,14 +59,14 @@ class Listener:
         return self.kind != "inbound"
 
 
-def inbound_service(table: Any) -> Service:
+def inbound_service(table: RouteTable) -> Service:
     """The Service in front of the sidecar's workload: its inbound cluster's `istio.services` entry.
 
     The route table lists the mesh Services; the one in the workload's namespace named after its
     app (or canonical service, or workload) is taken, as a Service selecting `app: <name>` would be.
     """
     proxy: Workload = table.proxy
-    candidates = [s for s in getattr(table, "mesh_services", ()) if s.namespace == proxy.namespace]
+    candidates = [s for s in table.mesh_services if s.namespace == proxy.namespace]
     for wanted in (proxy.app, proxy.canonical_service, proxy.name):
         for svc in candidates:
             if svc.name == wanted:
@@ -88,33 +84,27 @@ class ProxyState:
     def __init__(
         self,
         role: str,
-        table: Any,
-        decide_outbound: DecideOutbound | None = None,
-        decide_ingress: DecideIngress | None = None,
+        table: RouteTable,
         app: Address | None = None,
         timeouts: Timeouts | None = None,
-        access_log: AccessLog | None = None,
-        validate: Callable[[Any], None] | None = None,
+        access_log: RequestLog | None = None,
         offline: bool = False,
         max_passthrough_hosts: int = DEFAULT_MAX_PASSTHROUGH_HOSTS,
     ) -> None:
         self.role = role
         self.kind = "router" if role == "gateway" else "sidecar"
-        self.decide_outbound = decide_outbound
-        self.decide_ingress = decide_ingress
         self.app = app
         self.timeouts = timeouts or Timeouts()
         self.access_log = access_log
-        self.validate = validate
         self.telemetry = Telemetry(max_passthrough_hosts)
         self.pool = Pool(connect_timeout=self.timeouts.connect, offline=offline)
         self.peers = PeerCache()
         self.connections: set = set()
         self.listening = False
-        self.table: Any = None
+        self.table: RouteTable
         self.swap(table)
 
-    def swap(self, table: Any) -> None:
+    def swap(self, table: RouteTable) -> None:
         """Install a new route table (one reference assignment: atomic for the event loop)."""
         proxy: Workload = table.proxy
         # The identity pieces are derived before the table is published, so a request never sees
@@ -127,4 +117,4 @@ class ProxyState:
 
     @property
     def ready(self) -> bool:
-        return self.listening and self.table is not None
+        return self.listening

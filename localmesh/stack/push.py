@@ -12,16 +12,28 @@ as `istioctl proxy-status` says SYNCED or STALE
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from localmesh.config import ApplyResult, ClusterState, load_file
-from localmesh.routes import BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY, RouteTable, build_tables, decide_outbound
-from localmesh.stack import EXTERNAL_HOST, ROOT, Applied, Paths, Ports, addresses, proxy_admins
+from localmesh.mesh.load import ConfigError, load_file
+from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY
+from localmesh.mesh.store import ApplyResult, ClusterState
+from localmesh.pilot.routes import RouteTable, build_tables, decide_outbound
+from localmesh.stack.files import atomic_write
+from localmesh.stack.statefile import Applied
+from localmesh.stack.topology import (
+    EXTERNAL_HOST,
+    PROXY_CHILDREN,
+    ROOT,
+    SIDECAR_WORKLOAD,
+    Paths,
+    Ports,
+    addresses,
+    proxy_admins,
+)
 
 DEFAULT_MESH_CONFIG = ROOT / "manifests" / "istio" / "mesh-allow-any.yaml"
 DEFAULT_OVERLAY = ROOT / "manifests" / "overlays" / "passthrough"
@@ -35,13 +47,7 @@ class PushError(RuntimeError):
 def new_credential(paths: Paths) -> None:
     """A fresh random credential for this stack's config pushes, in a file only its user can read.
     Written at every `up`, before the proxies start: they read it once, at start."""
-    paths.admin_token.parent.mkdir(parents=True, exist_ok=True)
-    tmp = paths.admin_token.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_urlsafe(32) + "\n")
-    tmp.replace(paths.admin_token)
+    atomic_write(paths.admin_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
 
 
 def credential(paths: Paths) -> str:
@@ -61,25 +67,27 @@ def load_state(paths: Paths) -> ClusterState:
 
 
 def save_state(paths: Paths, state: ClusterState) -> None:
-    paths.config_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = paths.config_file.with_suffix(".tmp")
-    tmp.write_text(state.to_json())
-    tmp.replace(paths.config_file)
+    atomic_write(paths.config_file, state.to_json())
 
 
 def tables_for(state: ClusterState, ports: Ports) -> dict[str, RouteTable]:
+    """The route tables of the applied config; ConfigError when one of the proxies this stack runs
+    would have none (its Deployment is not applied)."""
     mesh, _ = state.mesh()
-    return build_tables(mesh, addresses(ports))
+    tables = build_tables(mesh, addresses(ports))
+    for workload in PROXY_CHILDREN:
+        if workload not in tables:
+            raise ConfigError(
+                f"no Deployment {workload} in the applied config: apply an overlay "
+                "(manifests/overlays/<option>), which includes manifests/base"
+            )
+    return tables
 
 
 def write_tables(paths: Paths, tables: dict[str, RouteTable]) -> None:
     """The files proxies (re)start from, so a restarted proxy comes back with the current config."""
     for name, table in tables.items():
-        target = paths.routes_file(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(table.to_json())
-        tmp.replace(target)
+        atomic_write(paths.routes_file(name), table.to_json())
 
 
 def push(tables: dict[str, RouteTable], ports: Ports, token: str) -> list[str]:
@@ -141,7 +149,8 @@ def apply(
     lines = [str(change) for change in result.changes]
     lines += [f"warning: {w}" for w in result.warnings]
     # Everything that can refuse the config runs before anything is written: an error changes nothing.
-    lines.append(f"egress policy for recipes: {describe(state)}")
+    namespace = tables_for(state, Ports())[SIDECAR_WORKLOAD].proxy.namespace
+    lines.append(f"egress policy for {namespace}: {describe(state)}")
     tables = tables_for(state, ports) if ports is not None else None
     save_state(paths, state)
     if ports is not None and tables:
@@ -177,8 +186,8 @@ def sync_status(paths: Paths, ports: Ports) -> dict[str, tuple[str | None, str]]
 
 
 def describe(state: ClusterState) -> str:
-    """Which of the three options the applied config amounts to, as idgen's sidecar would route."""
-    table = tables_for(state, Ports())["idgen"]
+    """Which of the three options the applied config amounts to, as the stack's sidecar would route."""
+    table = tables_for(state, Ports())[SIDECAR_WORKLOAD]
     cluster = decide_outbound(table, EXTERNAL_HOST, 80, "http").cluster
     policy = table.outbound_policy
     option = {PASSTHROUGH: "passthrough", BLACKHOLE: "blackhole"}.get(cluster, "serviceentry")

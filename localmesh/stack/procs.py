@@ -202,3 +202,20 @@ def running(
         yield child
     finally:
         child.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    """True while pid runs. A child of ours that exited is reaped here, so it does not linger as
+    a zombie that looks alive (the demo is the supervisor's parent when it started the stack)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: ask the kernel below
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

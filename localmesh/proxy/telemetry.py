@@ -33,7 +33,7 @@ import os
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 
-from localmesh.routes import BLACKHOLE, PASSTHROUGH, Service, Workload
+from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH, Service, Workload
 
 # Distinct passthrough/blackhole hosts a proxy names before it reports "overflow": far above what a
 # mesh's unregistered egress normally shows (this demo: 1), small enough that the metrics page stays

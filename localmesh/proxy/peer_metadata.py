@@ -26,7 +26,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-from localmesh.routes import UNKNOWN, Workload
+from localmesh.mesh.names import UNKNOWN, Workload
 
 HEADER_ID = b"x-envoy-peer-metadata-id"
 HEADER_METADATA = b"x-envoy-peer-metadata"

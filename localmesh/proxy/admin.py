@@ -5,7 +5,7 @@
   "LIVE" in state LIVE, 503 with the state name before);
 - GET  /config_dump: the current route table as JSON (its version included; no secret);
 - POST /routes: a new route table (RouteTable JSON). It is parsed and checked first, then
-  installed atomically (localmesh.state.ProxyState.swap): 200 {"version": ...}; a bad table gets
+  installed atomically (localmesh.proxy.state.ProxyState.swap): 200 {"version": ...}; a bad table gets
   400 {"error": ...} and the running table stays.
 
 Reads are open, as Envoy's admin port is. Writes are not: Envoy's admin cannot change routes at all
@@ -21,13 +21,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import Callable
-from typing import Any
 
 import httptools
 
-from localmesh.http1 import DATE, REASONS
-from localmesh.state import ProxyState
+from localmesh.pilot.routes import RouteTable, decide_ingress, decide_outbound
+from localmesh.proxy.http1 import DATE, REASONS
+from localmesh.proxy.state import ProxyState
 
 MAX_BODY = 16 * 1024 * 1024
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -37,7 +36,7 @@ class BadTable(ValueError):
     """A pushed route table that cannot be installed; the message says why."""
 
 
-def check_table(state: ProxyState, table: Any) -> None:
+def check_table(state: ProxyState, table: RouteTable) -> None:
     """Reject a table meant for another proxy, or one the decision functions cannot use."""
     current = state.table.proxy
     if table.proxy.name != current.name or table.proxy.namespace != current.namespace:
@@ -47,10 +46,10 @@ def check_table(state: ProxyState, table: Any) -> None:
         )
     try:
         if state.role == "gateway":
-            state.decide_ingress(table, "localmesh-probe.invalid", "/")
+            decide_ingress(table, "localmesh-probe.invalid", "/")
         else:
-            state.decide_outbound(table, "localmesh-probe.invalid", 80, "http")
-            state.decide_outbound(table, "localmesh-probe.invalid", 443, "tcp")
+            decide_outbound(table, "localmesh-probe.invalid", 80, "http")
+            decide_outbound(table, "localmesh-probe.invalid", 443, "tcp")
     except Exception as exc:
         raise BadTable(f"the route table cannot route a request: {type(exc).__name__}: {exc}") from exc
 
@@ -58,11 +57,8 @@ def check_table(state: ProxyState, table: Any) -> None:
 class Admin(asyncio.Protocol):
     """A small HTTP/1.1 server for the admin endpoints (one request at a time per connection)."""
 
-    def __init__(
-        self, state: ProxyState, parse_table: Callable[[str], Any], token: bytes | None = None
-    ) -> None:
+    def __init__(self, state: ProxyState, token: bytes | None = None) -> None:
         self.state = state
-        self.parse_table = parse_table
         self.token = token
         self.authorization: bytes | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -160,7 +156,7 @@ class Admin(asyncio.Protocol):
             return
         try:
             text = b"".join(self.body).decode("utf-8")
-            table = self.parse_table(text)
+            table = RouteTable.from_json(text)
             check_table(self.state, table)
         except (UnicodeDecodeError, BadTable) as exc:
             self._json(400, {"error": str(exc)})

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING
 
-from localmesh import http1
-from localmesh.routes import PASSTHROUGH, UNKNOWN
-
-if TYPE_CHECKING:
-    from localmesh.downstream import Downstream
+from localmesh.mesh.names import PASSTHROUGH, UNKNOWN
+from localmesh.pilot.routes import decide_outbound
+from localmesh.proxy import http1
+from localmesh.proxy.interfaces import DownstreamConnection
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
@@ -56,7 +54,7 @@ class _Upstream(asyncio.Protocol):
 class Tunnel:
     """Relays bytes both ways between the downstream connection and the decided upstream."""
 
-    def __init__(self, down: Downstream, target: bytes, initial: bytes) -> None:
+    def __init__(self, down: DownstreamConnection, target: bytes, initial: bytes) -> None:
         self.down = down
         self.state = down.state
         self.target = target
@@ -82,7 +80,7 @@ class Tunnel:
             self.closed = True
             self.down.abort()
             return
-        self.decision = state.decide_outbound(state.table, host, port, "tcp")
+        self.decision = decide_outbound(state.table, host, port, "tcp")
         self.down.write(ESTABLISHED)
         if self.decision.upstream is None:
             # BlackHoleCluster: tcp_proxy finds no host and closes the connection right away.

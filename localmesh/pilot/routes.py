@@ -1,6 +1,6 @@
 """The control plane's output: each proxy's route table, and the pure decisions made from it.
 
-No I/O here. `build_tables` turns validated config (localmesh.config) into one RouteTable per proxy;
+No I/O here. `build_tables` turns validated config (localmesh.mesh) into one RouteTable per proxy;
 `decide_outbound` and `decide_ingress` are what a proxy asks for every request. Tables travel to the
 running proxies as JSON (`to_json`/`from_json`), the way istiod pushes xDS.
 """
@@ -9,46 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
-from functools import cache, cached_property
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
 
-if TYPE_CHECKING:
-    from localmesh.config import MeshState
-
-PASSTHROUGH = "PassthroughCluster"
-BLACKHOLE = "BlackHoleCluster"
-ALLOW_ANY = "ALLOW_ANY"
-REGISTRY_ONLY = "REGISTRY_ONLY"
-
-
-@dataclass(frozen=True)
-class Workload:
-    """A workload's identity as Istio's metrics name it (unknown peers use the defaults)."""
-
-    name: str = "unknown"
-    namespace: str = "unknown"
-    app: str = "unknown"
-    version: str = "unknown"
-    canonical_service: str = "unknown"
-    canonical_revision: str = "latest"
-    principal: str = "unknown"
-    cluster: str = "unknown"
-
-
-UNKNOWN = Workload()
-
-
-@dataclass(frozen=True)
-class Service:
-    """The destination_service, destination_service_name and destination_service_namespace labels."""
-
-    host: str
-    name: str
-    namespace: str
+from localmesh.mesh.load import ConfigError
+from localmesh.mesh.model import MeshState
+from localmesh.mesh.names import (
+    ALLOW_ANY,
+    BLACKHOLE,
+    GATEWAY_LABELS,
+    GATEWAY_NAMESPACE,
+    INGRESS_GATEWAY,
+    PASSTHROUGH,
+    REGISTRY_ONLY,
+    Service,
+    Workload,
+    resolve_host,
+    spiffe_principal,
+)
+from localmesh.pilot.codec import RouteTableError, decode, encode
 
 
 @dataclass(frozen=True)
@@ -69,25 +50,6 @@ class Decision:
 # --------------------------------------------------------------------------------------------------
 # The proxies localmesh runs, as Istio would name them
 
-# Istio's ingress gateway as its charts install it (istio/istio manifests/charts/gateways/istio-ingress:
-# values.yaml labels app/istio; templates/deployment.yaml sets service.istio.io/canonical-name to the
-# gateway's name, canonical-revision "latest" when it has no version label, serviceAccountName
-# "<name>-service-account", and ISTIO_META_CLUSTER_ID defaulting to "Kubernetes").
-GATEWAY_NAMESPACE = "istio-system"
-GATEWAY_LABELS: Mapping[str, str] = types.MappingProxyType(
-    {"app": "istio-ingressgateway", "istio": "ingressgateway"}
-)
-INGRESS_GATEWAY = Workload(
-    name="istio-ingressgateway",
-    namespace=GATEWAY_NAMESPACE,
-    app="istio-ingressgateway",
-    version="unknown",
-    canonical_service="istio-ingressgateway",
-    canonical_revision="latest",
-    principal="spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
-    cluster="Kubernetes",
-)
-PROXY_KEYS = ("istio-ingressgateway", "idgen")
 
 # Istio's port protocols grouped by how the proxy handles them.
 _HTTP_PROTOCOLS = frozenset({"HTTP", "HTTP2", "GRPC", "GRPC-WEB"})
@@ -161,7 +123,7 @@ class RouteTable:
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(_encode(self), indent=1)
+        return json.dumps(encode(self), indent=1)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> RouteTable:
@@ -170,7 +132,7 @@ class RouteTable:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise RouteTableError(f"route table: not valid JSON: {err}") from err
-        table = _decode(cls, data, "route table")
+        table = decode(cls, data, "route table")
         if table.outbound_policy not in (ALLOW_ANY, REGISTRY_ONLY):
             raise RouteTableError(
                 f"route table.outbound_policy: {table.outbound_policy!r} "
@@ -229,99 +191,31 @@ class _Index:
     wildcard: tuple[tuple[str, ServiceEntryRoute], ...]  # ("*.example.com", route), longest first
 
 
-class RouteTableError(ValueError):
-    """A route table that does not parse or check (the proxy answers 400 with this message)."""
-
-
-def _encode(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, tuple | list):
-        return [_encode(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
-    return value
-
-
-@cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _decode(tp: Any, value: Any, path: str) -> Any:
-    """JSON -> the typed value, strictly: every field present, no unknown field, exact types."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _decode(inner, value, path)
-    if isinstance(tp, type) and is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise RouteTableError(f"{path}: expected an object, got {type(value).__name__}")
-        hints = _hints(tp)
-        names = [f.name for f in fields(tp)]
-        unknown = sorted(set(value) - set(names))
-        if unknown:
-            raise RouteTableError(f"{path}: unknown field {unknown[0]!r}")
-        missing = [n for n in names if n not in value]
-        if missing:
-            raise RouteTableError(f"{path}.{missing[0]}: required field is missing")
-        return tp(**{n: _decode(hints[n], value[n], f"{path}.{n}") for n in names})
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise RouteTableError(f"{path}: expected a list, got {type(value).__name__}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_decode(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise RouteTableError(f"{path}: expected {len(args)} items, got {len(value)}")
-        return tuple(_decode(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise RouteTableError(f"{path}: expected an object, got {type(value).__name__}")
-        return {k: _decode(args[1], v, f"{path}[{k!r}]") for k, v in value.items()}
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RouteTableError(f"{path}: expected an integer, got {json.dumps(value)}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise RouteTableError(f"{path}: expected a string, got {json.dumps(value)}")
-        return value
-    raise TypeError(f"cannot decode {tp!r}")  # a field type this codec does not know: a bug here
-
-
-# --------------------------------------------------------------------------------------------------
-# Building the tables (the control plane's push)
-
-
 def build_tables(state: MeshState, addresses: Mapping[str, tuple[str, int]]) -> dict[str, RouteTable]:
-    """One RouteTable per proxy localmesh runs: "istio-ingressgateway" and "idgen" (its sidecar).
+    """One RouteTable per proxy: the ingress gateway's ("istio-ingressgateway") and one sidecar's for
+    each Deployment (keyed by its name), as istiod computes one configuration per connected proxy.
 
     `addresses` maps "host:port" to the (ip, port) that stands for it locally; other hosts are
     connected to as they are (real DNS).
     """
-    from localmesh.config import APP_NAMESPACE, ConfigError, spiffe_principal
-
-    deployment = state.deployment("idgen", APP_NAMESPACE) or state.deployment("idgen")
-    if deployment is None:
+    if state.services and not state.deployments:
+        # Name the workloads the Services expect, so the message says what is missing.
+        wanted = sorted({s.selector.get("app", s.name) for s in state.services})
         raise ConfigError(
-            "no Deployment idgen in the applied config: apply an overlay (manifests/overlays/<option>), "
-            "which includes manifests/base"
+            f"no Deployment {' or '.join(wanted)} in the applied config: apply an overlay "
+            "(manifests/overlays/<option>), which includes manifests/base"
         )
     addr = {key.lower(): (str(ip), int(port)) for key, (ip, port) in addresses.items()}
-    idgen = deployment.workload(state.trust_domain)
-    policy = state.outbound_policy(idgen.namespace, deployment.labels)
     gateway = replace(
         INGRESS_GATEWAY,
         principal=spiffe_principal(
             GATEWAY_NAMESPACE, "istio-ingressgateway-service-account", state.trust_domain
         ),
     )
-    return {
+    tables = {
         # Gateways always get the default sidecar scope, whose outbound policy is meshConfig's
         # (pilot/pkg/model/push_context.go getSidecarScope: "Gateways always use default sidecar scope").
-        "istio-ingressgateway": _with_version(
+        INGRESS_GATEWAY.name: _with_version(
             RouteTable(
                 version="",
                 proxy=gateway,
@@ -332,19 +226,26 @@ def build_tables(state: MeshState, addresses: Mapping[str, tuple[str, int]]) -> 
                 ingress_routes=_ingress_routes(state),
                 addresses=addr,
             )
-        ),
-        "idgen": _with_version(
-            RouteTable(
-                version="",
-                proxy=idgen,
-                outbound_policy=policy.mode,
-                policy_source=policy.source,
-                service_entries=_service_entry_routes(state, idgen.namespace),
-                mesh_services=_mesh_service_routes(state, idgen.namespace),
-                addresses=dict(addr),
-            )
-        ),
+        )
     }
+    for deployment in state.deployments:
+        workload = deployment.workload(state.trust_domain)
+        policy = state.outbound_policy(workload.namespace, deployment.labels)
+        tables.setdefault(
+            deployment.name,
+            _with_version(
+                RouteTable(
+                    version="",
+                    proxy=workload,
+                    outbound_policy=policy.mode,
+                    policy_source=policy.source,
+                    service_entries=_service_entry_routes(state, workload.namespace),
+                    mesh_services=_mesh_service_routes(state, workload.namespace),
+                    addresses=dict(addr),
+                )
+            ),
+        )
+    return tables
 
 
 def _with_version(table: RouteTable) -> RouteTable:
@@ -425,8 +326,6 @@ def host_matches(pattern: str, host: str) -> bool:
 
 
 def _ingress_routes(state: MeshState) -> tuple[IngressRoute, ...]:
-    from localmesh.config import resolve_host
-
     routes: list[IngressRoute] = []
     for vs in state.virtual_services:
         # A gateway sees VirtualServices exported to its own namespace (pilot/pkg/model/push_context.go
@@ -537,7 +436,7 @@ def _connect(addresses: Mapping[str, tuple[str, int]], host: str, port: int) -> 
 
 
 def decide_outbound(table: RouteTable, host: str, port: int, protocol: str) -> Decision:
-    """What the idgen sidecar does with a request to host:port (protocol "http", or "tcp" for CONNECT).
+    """What a sidecar does with a request to host:port (protocol "http", or "tcp" for CONNECT).
 
     Istio's outbound rules: a host in a ServiceEntry exported to the namespace, on one of its ports,
     goes to that entry's cluster; a mesh Service (by its FQDN or the shorter names Kubernetes DNS

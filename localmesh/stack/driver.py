@@ -11,8 +11,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localmesh.procs import free_ports as free_port_numbers
-from localmesh.stack import LOOPBACK, ROOT, VENV_BIN, Paths, Ports, find_prometheus, read_state, urls
+from localmesh.stack.plan import find_prometheus
+from localmesh.stack.procs import free_ports as free_port_numbers
+from localmesh.stack.statefile import read_state
+from localmesh.stack.topology import LOOPBACK, ROOT, VENV_BIN, Paths, Ports, urls
 
 
 class StackCommandError(RuntimeError):

@@ -258,9 +258,6 @@ class Pool:
         self.opened += 1
         return conn  # type: ignore[return-value]
 
-    def idle_count(self, address: Address) -> int:
-        return len(self._idle.get(address, ()))
-
     def close_all(self) -> None:
         for idle in self._idle.values():
             for conn in list(idle):

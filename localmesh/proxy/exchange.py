@@ -1,6 +1,6 @@
 """One proxied HTTP request and its response: routing, forwarding, retries, local replies, metrics.
 
-An Exchange is created when a request starts on a downstream connection (localmesh.downstream),
+An Exchange is created when a request starts on a downstream connection (localmesh.proxy.downstream),
 routed once its headers are parsed, and finished when its response has been written. Envoy
 behaviours imitated here, with their sources:
 - header rewriting: hop-by-hop headers dropped, `server` overwritten, `date` kept or added,
@@ -16,7 +16,7 @@ behaviours imitated here, with their sources:
   [retried and the latest ]reset reason: ..., transport failure reason: ..." (UF/URX,UF/UC/UPE),
   503 "no healthy upstream" (UH), 504 "upstream request timeout" (UT), 404 NR with no body,
   408 "request timeout", 0 + "DC" when the client goes away (envoy router.cc, conn_manager_impl.cc);
-- peer metadata exchange (localmesh.peer_metadata) and Istio's metric labels (localmesh.telemetry).
+- peer metadata exchange (proxy.peer_metadata) and Istio's metric labels (proxy.telemetry).
 """
 
 from __future__ import annotations
@@ -29,18 +29,16 @@ import sys
 import time
 import traceback
 from random import getrandbits
-from typing import TYPE_CHECKING
 
 import httptools
 
-from localmesh import http1, peer_metadata
-from localmesh.http1 import CRLF, DATE, HOP_BY_HOP, LAST_CHUNK
-from localmesh.routes import PASSTHROUGH, UNKNOWN, Decision, Service, Workload
-from localmesh.state import UNKNOWN_SERVICE, Listener, ProxyState
-from localmesh.upstream import Address, UpstreamConnection
-
-if TYPE_CHECKING:
-    from localmesh.downstream import Downstream
+from localmesh.mesh.names import PASSTHROUGH, UNKNOWN, Service, Workload
+from localmesh.pilot.routes import Decision, decide_ingress, decide_outbound
+from localmesh.proxy import http1, peer_metadata
+from localmesh.proxy.http1 import CRLF, DATE, HOP_BY_HOP, LAST_CHUNK
+from localmesh.proxy.interfaces import DownstreamConnection
+from localmesh.proxy.state import UNKNOWN_SERVICE, Listener, ProxyState
+from localmesh.proxy.upstream import Address, UpstreamConnection
 
 # Envoy's retry buffer limit is the connection buffer limit; bodies above it are not retried.
 RETRY_BUFFER_LIMIT = 1024 * 1024
@@ -162,13 +160,12 @@ class Exchange:
         "te_trailers",
         "up_mtls",
         "up_peer",
-        "upgrade",
         "upstream",
         "url",
         "written",
     )
 
-    def __init__(self, down: Downstream, state: ProxyState, listener: Listener) -> None:
+    def __init__(self, down: DownstreamConnection, state: ProxyState, listener: Listener) -> None:
         self.down = down
         self.state = state
         self.listener = listener
@@ -179,7 +176,6 @@ class Exchange:
         self.http10 = False
         self.keep_alive = True
         self.head_request = False
-        self.upgrade = False
         self.request_id = b"-"
         self.headers_done = False
         self.started = False
@@ -232,7 +228,6 @@ class Exchange:
         if not self.http10 and version != "1.1":
             self.refuse = 400  # llhttp reads HTTP/2.0 (and 0.9) request lines: not HTTP/1.x here
         self.keep_alive = parser.should_keep_alive()
-        self.upgrade = parser.should_upgrade()
         self.head_request = self.method == b"HEAD"
         self.headers_done = True
         # Wire size of the request line and headers as received (canonical "name: value" form).
@@ -387,7 +382,7 @@ class Exchange:
             self.address = state.app
             self.service = state.service
         elif kind == "gateway":
-            decision = state.decide_ingress(table, authority.decode("latin-1"), path.decode("latin-1"))
+            decision = decide_ingress(table, authority.decode("latin-1"), path.decode("latin-1"))
             if decision is None:
                 self.local_reply(404, b"", "NR")
                 return
@@ -398,7 +393,7 @@ class Exchange:
             except ValueError:
                 self.down.protocol_error(400, self)
                 return
-            decision = state.decide_outbound(table, host, port, "http")
+            decision = decide_outbound(table, host, port, "http")
             self._use(decision)
             if decision.upstream is None:
                 # BlackHoleCluster: Istio's block_all route is a direct response 502 with no body;

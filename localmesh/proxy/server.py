@@ -24,14 +24,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from localmesh.accesslog import AccessLog
-from localmesh.admin import Admin
-from localmesh.downstream import Downstream
-from localmesh.state import Listener, ProxyState, Timeouts
-from localmesh.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, max_passthrough_hosts
-from localmesh.upstream import Address
+from localmesh.proxy.accesslog import AccessLog
+from localmesh.proxy.admin import Admin
+from localmesh.proxy.downstream import Downstream
+from localmesh.proxy.state import Listener, ProxyState, Timeouts
+from localmesh.proxy.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, max_passthrough_hosts
+from localmesh.proxy.upstream import Address
 
 GATEWAY = Listener("gateway", b"istio-envoy", http10=True)
 INBOUND = Listener("inbound", b"istio-envoy", http10=False)
@@ -67,13 +66,11 @@ class ProxyServer:
         state: ProxyState,
         listeners: Sequence[tuple[Listener, Endpoint]],
         admin: Endpoint,
-        parse_table: Callable[[str], Any],
         admin_token: bytes | None = None,
     ) -> None:
         self.state = state
         self.listeners = listeners
         self.admin = admin
-        self.parse_table = parse_table
         self.admin_token = admin_token
         self.servers: list[asyncio.base_events.Server] = []
         self._sweeper: asyncio.Task | None = None
@@ -88,9 +85,7 @@ class ProxyServer:
                     loop, lambda listener=listener: Downstream(state, listener), endpoint
                 )
                 self.servers.append(server)
-            admin = await self._bind(
-                loop, lambda: Admin(state, self.parse_table, self.admin_token), self.admin
-            )
+            admin = await self._bind(loop, lambda: Admin(state, self.admin_token), self.admin)
             self.servers.append(admin)
         except ListenError:
             await self.stop()
@@ -152,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Istio's ingress gateway or sidecar on 127.0.0.1, with Istio's standard metrics.",
     )
     parser.add_argument("--role", required=True, choices=("gateway", "sidecar"))
-    parser.add_argument("--routes", required=True, type=Path, help="route table JSON (localmesh.routes)")
+    parser.add_argument("--routes", required=True, type=Path, help="route table JSON (localmesh.pilot)")
     parser.add_argument(
         "--admin",
         required=True,
@@ -292,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     import uvloop
 
-    from localmesh import routes
+    from localmesh.pilot import routes
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -336,8 +331,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = ProxyState(
         args.role,
         table,
-        decide_outbound=routes.decide_outbound,
-        decide_ingress=routes.decide_ingress,
         app=args.app,
         timeouts=Timeouts(
             idle=args.idle_timeout,
@@ -351,11 +344,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         offline=args.offline,
         max_passthrough_hosts=cap,
     )
-    server = ProxyServer(
-        state, listeners, Endpoint("--admin", *args.admin), routes.RouteTable.from_json, admin_token
-    )
+    server = ProxyServer(state, listeners, Endpoint("--admin", *args.admin), admin_token)
     return uvloop.run(_serve(server))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
