@@ -57,11 +57,12 @@ $(HTTPBIN_VENV)/.ready: httpbin_standin/requirements.txt httpbin_standin/constra
 test: $(READY) ## run the whole test suite
 	$(BIN)/pytest
 
-lint: $(READY) ## ruff, plus shellcheck on scripts/ when installed
+lint: $(READY) ## ruff (check + format), shellcheck on the shell scripts, mypy (strict; pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	@if command -v shellcheck >/dev/null; then shellcheck scripts/*.sh .ci/run; \
-	 else echo "lint: shellcheck not installed (apt-get install shellcheck); scripts not checked"; fi
+	@command -v shellcheck >/dev/null || { echo "make lint: shellcheck is not installed: apt-get install shellcheck" >&2; exit 1; }
+	shellcheck scripts/*.sh .ci/run
+	$(BIN)/mypy
 
 run-idgen: $(READY) ## idgen alone under gunicorn on $HOST:$PORT (UPSTREAM_URL, timeouts from env)
 	exec $(BIN)/gunicorn -c idgen/gunicorn.conf.py 'idgen.app:create_app()'
