@@ -19,8 +19,11 @@ TARGET ?= local
 # Recipes the demo creates per egress option.
 N ?= 10
 OPTIONS := passthrough blackhole serviceentry
+# Where generated pages and graphs go (the demo's page, `make graph`); tests point it at a temporary folder.
+EGRESS_LAB_OUT ?= out
+export EGRESS_LAB_OUT
 
-.PHONY: help setup test lint run-idgen run-frontend run-httpbin clean up down status apply delete logs demo \
+.PHONY: help setup test test-unit lint run-idgen run-frontend run-httpbin clean up down status apply delete logs demo \
         $(addprefix demo-,$(OPTIONS))
 
 # Every rule whose line carries a `## ` comment, one line per target name (a rule may name several).
@@ -54,8 +57,11 @@ $(HTTPBIN_VENV)/.ready: httpbin_standin/requirements.txt httpbin_standin/constra
 	@$(HTTPBIN_VENV)/bin/$(PIP) -r httpbin_standin/requirements.txt -c httpbin_standin/constraints.txt
 	@touch $@
 
-test: $(READY) ## run the whole test suite
+test: $(READY) ## run the whole test suite (every tier)
 	$(BIN)/pytest
+
+test-unit: $(READY) ## the fast loop: only the unit tier (no processes; tests/conftest.py says which tests)
+	$(BIN)/pytest -m unit
 
 lint: $(READY) ## ruff (check + format), shellcheck on the shell scripts, mypy (strict; pyproject.toml)
 	$(BIN)/ruff check .

@@ -56,6 +56,7 @@ DRY_ONLY = {
 RUN_ELSEWHERE = {
     "logs": "tests/localmesh/test_access_log_stack.py (make logs on a live stack, per option)",
     "bench-soak": "tests/load/test_soak.py (make bench-soak, bounded to seconds)",
+    "test-unit": "tests/test_tiers.py (make test-unit, narrowed to that file)",
 }
 RUN = {
     "help", "setup", "lint", "up", "down", "status", "apply", "delete", "demo", "demo-passthrough",
