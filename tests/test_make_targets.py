@@ -38,6 +38,7 @@ needs_prometheus = pytest.mark.skipif(
 DRY_ONLY = {
     "test": "it is the suite that runs this test; `.ci/run` runs it for real",
     "clean": "it deletes the shared .venv that this very test runs from",
+    "lock": "it asks PyPI, and tests never leave the machine; tests/test_requirements.py checks its output",
     "bench": "minutes of load; tests/load/test_bench_tools.py runs the benchmark code bounded",
     "bench-proxy": "as bench",
     "bench-chain": "as bench",
