@@ -8,18 +8,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ProcessStartedInUnitTest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.unit
 def test_a_unit_test_cannot_start_a_process() -> None:
-    with pytest.raises(ProcessStartedInUnitTest, match="unit tests start no process"):
+    # tests/conftest.py's ProcessStartedInUnitTest (a BaseException); "conftest" names several
+    # modules here, so the class is matched by its message instead of imported. (os.fork is refused
+    # too, but not tried here: were the guard broken, it would fork the test run itself.)
+    refused = "is in the unit tier but called .*: unit tests start no process"
+    with pytest.raises(BaseException, match=refused):
         subprocess.run(["true"], check=False)
-    with pytest.raises(ProcessStartedInUnitTest):
-        os.fork()
-    with pytest.raises(ProcessStartedInUnitTest):
+    with pytest.raises(BaseException, match=refused):
         os.system("true")
 
 
