@@ -19,8 +19,11 @@ TARGET ?= local
 # Recipes the demo creates per egress option.
 N ?= 10
 include mk/options.mk
+# Where generated pages and graphs go (the demo's page, `make graph`); tests point it at a temporary folder.
+EGRESS_LAB_OUT ?= out
+export EGRESS_LAB_OUT
 
-.PHONY: help setup test lint run-idgen run-frontend run-httpbin clean up down status apply delete logs demo \
+.PHONY: help setup lock test test-unit lint run-idgen run-frontend run-httpbin clean up down status apply delete logs demo \
         $(addprefix demo-,$(OPTIONS))
 
 # Every rule whose line carries a `## ` comment, one line per target name (a rule may name several).
@@ -35,33 +38,52 @@ setup: $(READY) ## create .venv and .venv-httpbin (idempotent)
 # `make suggest > se.yaml` on a fresh clone).
 step = @echo "setup: step $(1)/4: $(2)" >&2
 
-$(VENV)/.ready: requirements-dev.txt constraints.txt idgen/requirements.txt frontend/requirements.txt \
-                localmesh/requirements.txt pyproject.toml
+# requirements-dev.txt holds every package of .venv (the components' and the tools'), pinned with hashes.
+$(VENV)/.ready: requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "make setup: Python 3.11 or newer is needed; $(PYTHON) is " + sys.version.split()[0] + ". Run: make setup PYTHON=python3.12")'
 	$(call step,1,create $(VENV) with $(PYTHON))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(call step,2,install the pinned packages into $(VENV) (the longest step))
-	@$(BIN)/$(PIP) -r requirements-dev.txt -c constraints.txt
-	$(call step,3,install this project into $(VENV) (editable))
+	@$(BIN)/$(PIP) --require-hashes -r requirements-dev.txt
+	$(call step,3,install this project into $(VENV) (editable; no dependencies, so nothing unhashed))
 	@$(BIN)/$(PIP) --no-deps -e .
 	@touch $@
 
 # httpbin.org's local stand-in lives in its own environment: it plays another machine, and its
 # greenlet<3 pin clashes with locust's gevent.
-$(HTTPBIN_VENV)/.ready: httpbin_standin/requirements.txt httpbin_standin/constraints.txt
+$(HTTPBIN_VENV)/.ready: httpbin_standin/requirements.txt
 	$(call step,4,create $(HTTPBIN_VENV) for the local stand-in of httpbin.org)
 	@test -x $(HTTPBIN_VENV)/bin/python || $(PYTHON) -m venv $(HTTPBIN_VENV)
-	@$(HTTPBIN_VENV)/bin/$(PIP) -r httpbin_standin/requirements.txt -c httpbin_standin/constraints.txt
+	@$(HTTPBIN_VENV)/bin/$(PIP) --require-hashes -r httpbin_standin/requirements.txt
 	@touch $@
 
-test: $(READY) ## run the whole test suite
+# The requirements.in files name the direct dependencies; uv compiles them for Python 3.11 and up on
+# every platform into pinned, hashed requirements.txt files whose `# via` comments say where each pin
+# comes from. Versions already pinned are kept (UPGRADE=1 lets uv take the newest). The components are
+# constrained by the development environment, so every environment has the same versions.
+LOCK = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --custom-compile-command "make lock" \
+       $(if $(UPGRADE),--upgrade)
+COMPONENTS := idgen frontend localmesh
+
+lock: $(VENV)/.ready ## recompile the pinned requirements*.txt and constraints.txt from the requirements.in files (needs PyPI)
+	$(LOCK) --generate-hashes requirements-dev.in -o requirements-dev.txt
+	for c in $(COMPONENTS); do \
+	    $(LOCK) --generate-hashes -c requirements-dev.txt $$c/requirements.in -o $$c/requirements.txt || exit; done
+	$(LOCK) --generate-hashes httpbin_standin/requirements.in -o httpbin_standin/requirements.txt
+	$(LOCK) --no-annotate -c requirements-dev.txt requirements-dev.in -o constraints.txt
+
+test: $(READY) ## run the whole test suite (every tier)
 	$(BIN)/pytest
 
-lint: $(READY) ## ruff, plus shellcheck on scripts/ when installed
+test-unit: $(READY) ## the fast loop: only the unit tier (no processes; tests/conftest.py says which tests)
+	$(BIN)/pytest -m unit
+
+lint: $(READY) ## ruff (check + format), shellcheck on the shell scripts, mypy (strict; pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	@if command -v shellcheck >/dev/null; then shellcheck scripts/*.sh .ci/run; \
-	 else echo "lint: shellcheck not installed (apt-get install shellcheck); scripts not checked"; fi
+	@command -v shellcheck >/dev/null || { echo "make lint: shellcheck is not installed: apt-get install shellcheck" >&2; exit 1; }
+	shellcheck scripts/*.sh .ci/run
+	$(BIN)/mypy
 
 run-idgen: $(READY) ## idgen alone under gunicorn on $HOST:$PORT (UPSTREAM_URL, timeouts from env)
 	exec $(BIN)/gunicorn -c idgen/gunicorn.conf.py 'idgen.app:create_app()'

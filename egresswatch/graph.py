@@ -198,7 +198,7 @@ class Edge:
     rate: float = 0.0  # requests/s (http, grpc) or bytes/s (tcp)
     responses: dict[str, dict[str, float]] = field(default_factory=dict)  # code -> flags -> rate
     hosts: set[str] = field(default_factory=set)
-    seen: set[tuple] = field(default_factory=set)
+    seen: set[tuple[str, ...]] = field(default_factory=set)
     health: str = "NA"
 
     @property
@@ -292,7 +292,7 @@ class _Builder:
         code: str,
         flags: str,
         host: str,
-        dedup: tuple,
+        dedup: tuple[str, ...],
     ) -> bool:
         edge = self.edges.setdefault((source.id, dest.id, protocol), Edge(source.id, dest.id, protocol))
         if dedup in edge.seen:
@@ -307,7 +307,7 @@ class _Builder:
             dest.hosts.add(host)
         return True
 
-    def populate(self, samples: list, metric: str, tcp: bool) -> None:
+    def populate(self, samples: list[Sample], metric: str, tcp: bool) -> None:
         for s in samples:
             lab = s.labels
             if any(not lab.get(k) for k in REQUIRED) or (not tcp and not lab.get("request_protocol")):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 
@@ -39,7 +40,7 @@ class PrometheusClient:
         self.timeout = timeout
         self.session = requests.Session()
 
-    def _get(self, path: str, params: dict[str, str], what: str) -> dict:
+    def _get(self, path: str, params: dict[str, str], what: str) -> dict[str, Any]:
         """GET one API endpoint; its `data`, or an error naming what went wrong and the fix."""
         endpoint = f"{self.url}{path}"
         try:
@@ -65,7 +66,8 @@ class PrometheusClient:
                 f"Prometheus at {self.url} rejected the {what} ({body.get('errorType', 'error')}: "
                 f"{body.get('error', 'no message')})." + (f"\nQuery:\n{query}" if query else "")
             )
-        return body.get("data", {})
+        data: dict[str, Any] = body.get("data", {})
+        return data
 
     def query(self, promql: str) -> list[PromSample]:
         """Evaluate promql at the server's current time; return the instant vector."""
@@ -87,7 +89,7 @@ class PrometheusClient:
             for r in data.get("result", [])
         ]
 
-    def alerts(self) -> list[dict]:
+    def alerts(self) -> list[dict[str, Any]]:
         """Prometheus's active alerts (pending and firing), as GET /api/v1/alerts lists them."""
         return list(self._get("/api/v1/alerts", {}, "alerts request").get("alerts", []))
 

@@ -68,7 +68,7 @@ def layout(graph: Graph) -> dict[str, tuple[float, float]]:
     for nid, n in graph.nodes.items():
         columns.setdefault(layer[nid], []).append(n)
     tallest = max((len(c) for c in columns.values()), default=1)
-    pos = {}
+    pos: dict[str, tuple[float, float]] = {}
     for col, nodes in columns.items():
         nodes.sort(key=lambda n: (TYPE_ORDER.get(n.node_type, 9), n.kind, n.name))
         top = MARGIN_Y + (tallest - len(nodes)) * ROW_GAP / 2
@@ -194,10 +194,10 @@ def render_svg(graph: Graph, title: str | None = None) -> str:
         f'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="{c}"/></marker>'
         for c in sorted(set(COLORS.values()))
     )
-    pair_count: dict[frozenset, int] = {}
+    pair_count: dict[frozenset[str], int] = {}
     for e in graph.edges:
         pair_count[frozenset((e.source, e.dest))] = pair_count.get(frozenset((e.source, e.dest)), 0) + 1
-    seen: dict[frozenset, int] = {}
+    seen: dict[frozenset[str], int] = {}
     edges = []
     for i, e in enumerate(graph.edges):
         pair = frozenset((e.source, e.dest))

@@ -78,7 +78,7 @@ class Row:
         out["destination_service"] = self.host
         return out
 
-    def sort_key(self) -> tuple:
+    def sort_key(self) -> tuple[str, str, bool, int, str, str, str]:
         return (
             self.source_namespace,
             self.source_workload,

@@ -75,7 +75,7 @@ def _nice_max(value: float) -> float:
     return value
 
 
-def _legend(names: list[str]) -> tuple[list[tuple[str, float, float]], int]:
+def _legend(names: list[str]) -> tuple[list[tuple[str, float, int]], int]:
     """Where each legend entry goes (name, x, row), wrapping to as many rows as the names need."""
     placed, x, row = [], float(LEFT), 0
     for name in names:

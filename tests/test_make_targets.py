@@ -39,6 +39,7 @@ needs_prometheus = pytest.mark.skipif(
 DRY_ONLY = {
     "test": "it is the suite that runs this test; `.ci/run` runs it for real",
     "clean": "it deletes the shared .venv that this very test runs from",
+    "lock": "it asks PyPI, and tests never leave the machine; tests/test_requirements.py checks its output",
     "bench": "minutes of load; tests/load/test_bench_tools.py runs the benchmark code bounded",
     "bench-proxy": "as bench",
     "bench-chain": "as bench",
@@ -57,6 +58,7 @@ DRY_ONLY = {
 RUN_ELSEWHERE = {
     "logs": "tests/localmesh/test_access_log_stack.py (make logs on a live stack, per option)",
     "bench-soak": "tests/load/test_soak.py (make bench-soak, bounded to seconds)",
+    "test-unit": "tests/test_tiers.py (make test-unit, narrowed to that file)",
 }
 RUN = {
     "help", "setup", "lint", "up", "down", "status", "apply", "delete", "demo", "demo-passthrough",

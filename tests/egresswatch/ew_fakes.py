@@ -37,7 +37,6 @@ CHROMIUM_ARGS = [
 ]
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "out"
 
 HISTOGRAM_BUCKETS = (
     0.5,

@@ -1,6 +1,6 @@
 """The live console as a real process on a free port: its JSON and page over HTTP, its error page when
 Prometheus is down, its proxies mode, and the page in headless Chromium (Debian's) with a screenshot
-kept at out/console.png."""
+(in the test's temporary folder)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from ew_fakes import CHROMIUM, CHROMIUM_ARGS, OUT, FakeProxy, Mesh
+from ew_fakes import CHROMIUM, CHROMIUM_ARGS, FakeProxy, Mesh
 from ewseries import SCENARIOS
+from playwright import sync_api
 
 from localmesh.stack.procs import free_port, running
 
@@ -104,9 +105,6 @@ def test_console_reads_proxies_without_prometheus(tmp_path: Path) -> None:
     not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
 )
 def test_console_in_headless_chromium(passthrough: Mesh, tmp_path: Path) -> None:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="needs the playwright package (requirements-dev)"
-    )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = console_cmd(port, "--prometheus", passthrough.prometheus, refresh="3")
@@ -127,8 +125,7 @@ def test_console_in_headless_chromium(passthrough: Mesh, tmp_path: Path) -> None
                 assert set(names) == {"unknown", "istio-ingressgateway", "idgen", "PassthroughCluster"}
                 assert page.locator("svg.egress-graph g.node[data-kind='PassthroughCluster']").is_visible()
                 assert page.locator("table#report tr.report-row").count() == 2
-                OUT.mkdir(exist_ok=True)
-                page.screenshot(path=str(OUT / "console.png"), full_page=True)
+                page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
             finally:
                 browser.close()
-    assert (OUT / "console.png").stat().st_size > 10_000
+    assert (tmp_path / "console.png").stat().st_size > 10_000

@@ -1,6 +1,6 @@
 """egresswatch against the whole local mesh (`localmesh up`): the real gateway and sidecar, the real
 recipe site and idgen, a real Prometheus scraping the proxies every second, the egresswatch CLI run as
-a subprocess, and the stack's own console in headless Chromium (screenshot: out/console-live.png).
+a subprocess, and the stack's own console in headless Chromium (screenshot in a temporary folder).
 
 Every step applies its egress option, sends traffic, and reads it back through a window that covers
 that step's traffic and nothing earlier (see `Step`), so the steps do not depend on their order or
@@ -21,7 +21,8 @@ from xml.etree import ElementTree
 
 import pytest
 import requests
-from ew_fakes import CHROMIUM, CHROMIUM_ARGS, OUT, ROOT
+from ew_fakes import CHROMIUM, CHROMIUM_ARGS, ROOT
+from playwright import sync_api
 
 from egresswatch import api
 from localmesh.stack.plan import find_prometheus
@@ -460,14 +461,11 @@ def console_graph(base: str, want: set[str], timeout: float = WAIT) -> dict[str,
 @pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
 )
-def test_stack_console_in_headless_chromium(stack: LocalStack) -> None:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="needs the playwright package (requirements-dev)"
-    )
+def test_stack_console_in_headless_chromium(stack: LocalStack, tmp_path: Path) -> None:
     base = stack.url("console")
     want = {"unknown", "istio-ingressgateway", "idgen", "BlackHoleCluster"}
     stack.apply("blackhole")
-    shot = OUT / "console-live.png"
+    shot = tmp_path / "console-live.png"
     with SteadyTraffic(stack) as traffic:
         graph = console_graph(base, want)
         assert egress_edge(graph, "BlackHoleCluster")["healthStatus"] == "Failure"
@@ -492,7 +490,6 @@ def test_stack_console_in_headless_chromium(stack: LocalStack) -> None:
                             "data-health",
                         )
                         title = page.title()
-                        OUT.mkdir(exist_ok=True)
                         page.screenshot(path=str(shot), full_page=True)
                         break
                     except sync_api.Error:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 from ew_fakes import CHROMIUM, CHROMIUM_ARGS, ROOT
+from playwright import sync_api
 from test_ew_live_stack import WAIT, SteadyTraffic, needs_prometheus
 
 from localmesh.stack.topology import VENV_BIN
@@ -69,9 +70,6 @@ def shots(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="needs the playwright package (requirements-dev)"
-    )
     with sync_api.sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:

@@ -80,7 +80,8 @@ def postgres_url(postgres_server: PostgresServer) -> str:
     return postgres_server.create_database()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# The PostgreSQL run starts a server (postgres_server), so it is an integration test (tests/conftest.py).
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """RECIPES_DB for each store: the same store tests run on both."""
     if request.param == "sqlite":

@@ -577,7 +577,11 @@ def test_route_push_lets_in_flight_requests_finish_on_the_old_table(app):
     blackhole = tables("blackhole", {"httpbin.org:80": app.address})["idgen"]
     with sidecar(app) as proxy, connect(proxy.outbound_port) as slow:
         slow.sendall(get("/slow?s=0.5"))
-        time.sleep(0.2)  # the request is routed (passthrough) and waiting for the app
+        # Wait until the request is routed (passthrough) and the app holds it, not a guessed delay.
+        deadline = time.monotonic() + 10
+        while not any(r["path"].startswith("/slow") for r in app.requests):
+            assert time.monotonic() < deadline, "the slow request never reached the app"
+            time.sleep(0.01)
         assert http_post(proxy.admin_port, "/routes", blackhole.to_json().encode())[0] == 200
         assert exchange(proxy.outbound_port, get("/ok"))[0] == 502  # the next request: new table
         assert read_response(slow)[:3:2] == (200, b"slow")  # the in-flight one: old table

@@ -5,7 +5,7 @@ from __future__ import annotations
 from istio_labels import ISTIO_LABELS
 
 from localmesh.mesh.names import UNKNOWN, Service, Workload
-from localmesh.proxy.telemetry import BUCKETS, HTTP_LABELS, TCP_LABELS, Telemetry, escape
+from localmesh.proxy.telemetry import HTTP_LABELS, TCP_LABELS, Telemetry, escape
 
 IDGEN = Workload("idgen", "recipes", "idgen", "v1", "idgen", "v1", "unknown", "Kubernetes")
 PASSTHROUGH = Service("httpbin.org", "PassthroughCluster", "unknown")
@@ -14,13 +14,6 @@ PASSTHROUGH = Service("httpbin.org", "PassthroughCluster", "unknown")
 def test_label_order_is_istio_stats_push_order():
     assert HTTP_LABELS == ISTIO_LABELS
     assert (*HTTP_LABELS[:21], "response_flags", "connection_security_policy") == TCP_LABELS
-
-
-def test_envoy_default_buckets():
-    assert BUCKETS == (
-        0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
-        1800000, 3600000,
-    )  # fmt: skip
 
 
 def test_http_series_exposition_exact():
