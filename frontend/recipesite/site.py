@@ -1,7 +1,9 @@
 """The recipe site: routing by (path, method) inside one HTTP function, pages and the JSON API.
 
-A Cloud Function gets every request on one entry point, so routing is done here rather than by Flask
-routes (functions-framework mounts the function at "/" and "/<path:path>" for every method).
+A Cloud Function gets every request on one entry point (functions-framework mounts the function at
+"/" and "/<path:path>" for every method), so the site routes with its own Werkzeug URL map: the same
+rules Flask's routes are made of, with HEAD answered wherever GET is and the allowed methods of a 405
+taken from the map.
 """
 
 from __future__ import annotations
@@ -9,13 +11,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
-from collections.abc import Callable
 from typing import Any
 
 import flask
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.formparser import FormDataParser
+from werkzeug.routing import Map, Rule
 
 from . import validation
 from .body import BodyIncomplete, BodyTooLarge, body_left_unread, drain, read_limited
@@ -34,8 +35,22 @@ from .store import DuplicateIdError, Recipe, StorageUnavailable, open_store
 
 log = logging.getLogger("recipes")
 
-RECIPE_PATH = re.compile(r"^/recipes/([^/]+)$")
-API_RECIPE_PATH = re.compile(r"^/api/recipes/([^/]+)$")
+# Each endpoint names a Site method called with (request, **the rule's arguments). A GET rule also
+# answers HEAD (Werkzeug adds it; the WSGI server drops the body). <recipe_id> is one path segment.
+# merge_slashes off: "/api//recipes" is not "/api/recipes" (no redirect), as the site always answered.
+ROUTES = Map(
+    [
+        Rule("/", methods=["GET"], endpoint="list_page"),
+        Rule("/new", methods=["GET"], endpoint="form_page"),
+        Rule("/new", methods=["POST"], endpoint="form_submit"),
+        Rule("/recipes/<recipe_id>", methods=["GET"], endpoint="detail_page"),
+        Rule("/healthz", methods=["GET"], endpoint="healthz"),
+        Rule("/api/recipes", methods=["GET"], endpoint="api_list"),
+        Rule("/api/recipes", methods=["POST"], endpoint="api_create"),
+        Rule("/api/recipes/<recipe_id>", methods=["GET"], endpoint="api_get"),
+    ],
+    merge_slashes=False,
+)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 CSRF_MESSAGES = {
@@ -148,26 +163,12 @@ class Site:
         return path.rstrip("/") or "/"
 
     def _route(self, request: flask.Request, path: str, api: bool) -> flask.Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        routes: dict[str, Callable[[], flask.Response]]
-        if path == "/":
-            routes = {"GET": lambda: self.list_page(request)}
-        elif path == "/new":
-            routes = {"GET": lambda: self.form_page(request), "POST": lambda: self.form_submit(request)}
-        elif m := RECIPE_PATH.match(path):
-            routes = {"GET": lambda: self.detail_page(request, m.group(1))}
-        elif path == "/healthz":
-            routes = {"GET": self.healthz}
-        elif path == "/api/recipes":
-            routes = {"GET": lambda: self.api_list(request), "POST": lambda: self.api_create(request)}
-        elif m := API_RECIPE_PATH.match(path):
-            routes = {"GET": lambda: self.api_get(m.group(1))}
-        else:
-            if api:
-                return json_error(404, "not_found", f"No such API path: {request.path}")
-            return self._error_page(404, "Page not found", f"There is no page at {request.path}.")
-        if method not in routes:
-            allowed = ", ".join(sorted({*routes, "HEAD"} if "GET" in routes else routes))
+        try:
+            if path.startswith("//"):  # Werkzeug strips leading slashes: "//new" would match "/new"
+                raise NotFound()
+            endpoint, args = ROUTES.bind("site", path_info=path).match(method=request.method)
+        except MethodNotAllowed as err:
+            allowed = ", ".join(sorted(err.valid_methods or ()))
             text = f"{request.method} is not allowed on {request.path}; allowed: {allowed}."
             response = (
                 json_error(405, "method_not_allowed", text)
@@ -176,7 +177,11 @@ class Site:
             )
             response.headers["Allow"] = allowed
             return response
-        return routes[method]()
+        except NotFound:
+            if api:
+                return json_error(404, "not_found", f"No such API path: {request.path}")
+            return self._error_page(404, "Page not found", f"There is no page at {request.path}.")
+        return getattr(self, endpoint)(request, **args)
 
     def _finish(self, request: flask.Request, response: flask.Response) -> flask.Response:
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -346,7 +351,7 @@ class Site:
 
     # --- JSON API ----------------------------------------------------------------------------------
 
-    def healthz(self) -> flask.Response:
+    def healthz(self, request: flask.Request) -> flask.Response:
         # Local checks only: never idgen, or a blocked egress would make the site look down. The
         # store must be readable and writable: a site that cannot save recipes is not ready.
         try:
@@ -374,7 +379,7 @@ class Site:
             }
         )
 
-    def api_get(self, recipe_id: str) -> flask.Response:
+    def api_get(self, request: flask.Request, recipe_id: str) -> flask.Response:
         recipe = self.store.get(recipe_id) if ID_RE.match(recipe_id) else None
         if recipe is None:
             return json_error(404, "not_found", f"No recipe with id {recipe_id!r}.")

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
 
 import functions_framework
@@ -51,6 +52,18 @@ def test_loads_from_the_repository_root_with_a_relative_source(site_env, monkeyp
     app = functions_framework.create_app(target="recipes", source="frontend/main.py")
     response = app.test_client().get("/healthz")
     assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("declared", ["cloudevent", "event"])
+def test_the_function_declares_itself_http_with_the_decorator(site_env, monkeypatch, declared):
+    """main.py registers `recipes` with @functions_framework.http, so the code, not the command line or
+    the environment, says it is an HTTP function: a FUNCTION_SIGNATURE_TYPE that says otherwise loses
+    (functions-framework reads the decorator's registration first)."""
+    monkeypatch.setenv("FUNCTION_SIGNATURE_TYPE", declared)
+    app = functions_framework.create_app(target="recipes", source=str(MAIN))
+    response = app.test_client().get("/healthz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+    assert os.environ["FUNCTION_SIGNATURE_TYPE"] == "http"  # what functions-framework settled on
 
 
 # --- create, view, list ----------------------------------------------------------------------------
