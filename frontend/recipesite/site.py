@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from typing import Any
 
 import flask
@@ -18,7 +19,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.formparser import FormDataParser
 from werkzeug.routing import Map, Rule
 
-from . import validation
+from . import tracing, validation
 from .body import BodyIncomplete, BodyTooLarge, body_left_unread, drain, read_limited
 from .config import MAX_PER_PAGE, Settings
 from .csrf import (
@@ -130,6 +131,8 @@ class Site:
     # --- entry point -------------------------------------------------------------------------------
 
     def handle(self, request: flask.Request) -> flask.Response:
+        started = time.perf_counter()
+        tracing.ensure_request_id(request)
         path = self._local_path(request.path)
         api = path == "/api" or path.startswith("/api/") or path == "/healthz"
         try:
@@ -145,7 +148,9 @@ class Site:
             # functions-framework's own 500 handler would send the exception text to the client.
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = self._internal_error(api)
-        return self._finish(request, response)
+        response = self._finish(request, response)
+        tracing.log_request(request, response, started)
+        return response
 
     def _internal_error(self, api: bool) -> flask.Response:
         msg = "Something went wrong on the site's side. Nothing was saved."
@@ -306,7 +311,7 @@ class Site:
                 problem_code="invalid_input",
             )
         try:
-            stored = self._create(recipe)
+            stored = self._create(request, recipe)
         except IdgenError as err:
             return self._form(
                 request,
@@ -333,10 +338,10 @@ class Site:
 
     # --- creating (shared by form and API) ----------------------------------------------------------
 
-    def _create(self, recipe: validation.RecipeInput) -> Recipe:
+    def _create(self, request: flask.Request, recipe: validation.RecipeInput) -> Recipe:
         """An ID from idgen, then one INSERT. If idgen fails, nothing at all is written."""
         try:
-            new_id = self.idgen.new_id()
+            new_id = self.idgen.new_id(tracing.forward_headers(request.headers))
         except IdgenError as err:
             log.warning("idgen failed: %s (status %s)", err.code, err.status)
             raise
@@ -429,7 +434,7 @@ class Site:
                 fields=[e.to_json() for e in recipe.errors],
             )
         try:
-            stored = self._create(recipe)
+            stored = self._create(request, recipe)
         except IdgenError as err:
             extra = {"idgen": err.detail} if err.detail else {}
             return json_error(
