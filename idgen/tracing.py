@@ -8,7 +8,7 @@ the mesh its sidecar has set x-request-id before the request reaches it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from werkzeug.datastructures import Headers
 
 REQUEST_ID = "x-request-id"
 # Keep in sync with frontend/recipesite/tracing.py (a test compares them): the two are deployed apart.
@@ -29,12 +29,12 @@ FORWARDED = (
 )
 
 
-def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
+def forward_headers(headers: Headers) -> dict[str, str]:
     """The request ID and trace headers of an incoming request, to send on the requests it causes."""
-    return {name: headers[name] for name in FORWARDED if headers.get(name)}
+    return {name: value for name in FORWARDED if (value := headers.get(name))}
 
 
-def trace_id(headers: Mapping[str, str]) -> str | None:
+def trace_id(headers: Headers) -> str | None:
     """The trace ID every hop of one trace shares (span IDs change from hop to hop): from traceparent
     (version-traceid-spanid-flags), else B3's x-b3-traceid, else the single b3 header
     (traceid-spanid[-sampled[-parentspanid]]; alone, "0" or "1" is only a sampling decision)."""
