@@ -4,8 +4,9 @@ local mesh (localmesh/stack/plan.py) take them from.
     gunicorn -c frontend/gunicorn.conf.py
 
 The app is the function exactly as functions-framework loads it (functions_framework.create_app with
---target=recipes and --source=frontend/main.py), served by gunicorn with the settings below instead of
-the fixed ones functions-framework's command line passes (it offers no worker class, no timeouts).
+--target=recipes and --source=frontend/main.py; main.py registers it with @functions_framework.http),
+served by gunicorn with the settings below instead of the fixed ones functions-framework's command
+line passes (it offers no worker class, no timeouts).
 Deployed as a Cloud Function, functions-framework's own command runs it (see DEPLOY.md).
 
 Environment: HOST (default 127.0.0.1), PORT (8080), WORKERS (1), THREADS (128) - the names
@@ -13,12 +14,13 @@ functions-framework reads too - and GUNICORN_LOG_LEVEL (error, functions-framewo
 """
 
 import os
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent  # frontend/
-# recipesite (the worker class below) is imported by gunicorn's master, before the app loads.
-sys.path.append(str(HERE))
+# gunicorn's own setting for import paths: recipesite (the worker class below) is imported by
+# gunicorn's master before the app loads, so frontend/ must be on sys.path before functions-framework
+# adds it.
+pythonpath = str(HERE)
 
 bind = f"{os.environ.get('HOST') or '127.0.0.1'}:{os.environ.get('PORT') or '8080'}"
 wsgi_app = f"functions_framework:create_app(target='recipes', source={str(HERE / 'main.py')!r})"

@@ -9,10 +9,10 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from idgen import reqlog, settings
+from idgen import reqlog, settings, tracing
 from idgen.upstream import UpstreamClient, UpstreamFailure
 
 EXTENSION = "idgen.upstream"
@@ -38,7 +38,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def new_id() -> tuple[Response, int]:
         reqlog.note(upstream=upstream.host)
         try:
-            fetched = upstream.fetch()
+            fetched = upstream.fetch(tracing.forward_headers(request.headers))
         except UpstreamFailure as failure:
             reqlog.note(upstream_status=failure.upstream_status, error=failure.code)
             return _no_store(jsonify(failure.to_json(upstream.host))), failure.status

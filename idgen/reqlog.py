@@ -16,6 +16,8 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from idgen import tracing
+
 LOGGER_NAME = "idgen.request"
 
 
@@ -81,8 +83,10 @@ def init_app(app: Flask) -> None:
             "upstream_status": fields.pop("upstream_status", None),
             "duration_ms": round((time.perf_counter() - start) * 1000, 1) if start is not None else None,
             "error": error,
-            # Envoy's request ID, when a sidecar or gateway set one: joins this line to the proxy's.
-            "request_id": request.headers.get("x-request-id"),
+            # Envoy's request ID, when a sidecar or gateway set one: joins this line to the proxy's
+            # and, passed on (tracing.py), to the upstream's. The trace ID joins it to the caller's.
+            "request_id": request.headers.get(tracing.REQUEST_ID),
+            "trace_id": tracing.trace_id(request.headers),
             **fields,
         }
         logger.info(json.dumps(line, separators=(",", ":")))

@@ -11,7 +11,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -101,11 +101,13 @@ class UpstreamClient:
             self._local.session = session
         return session
 
-    def fetch(self) -> Fetched:
-        """One UUID from the upstream, or UpstreamFailure saying what went wrong."""
+    def fetch(self, forwarded: Mapping[str, str] | None = None) -> Fetched:
+        """One UUID from the upstream, or UpstreamFailure saying what went wrong.
+        forwarded: the request ID and trace headers of the request being served (tracing.py)."""
         try:
             with self.session().get(
                 self.url,
+                headers=forwarded,
                 timeout=(self.connect_timeout, self.read_timeout),
                 stream=True,  # to cap how much of the body is read
                 allow_redirects=False,  # a redirect is reported, not followed to some other host

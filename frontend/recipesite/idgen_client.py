@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -74,11 +75,13 @@ class IdgenClient:
             session = self._local.session = requests.Session()
         return session
 
-    def new_id(self) -> str:
-        """A fresh ID, or IdgenError. Never retries: a retry could hide the very failure the lab shows."""
+    def new_id(self, forwarded: Mapping[str, str] | None = None) -> str:
+        """A fresh ID, or IdgenError. Never retries: a retry could hide the very failure the lab shows.
+        forwarded: the request ID and trace headers of the request this ID is for (tracing.py)."""
         where = urlsplit(self.url).netloc or self.url
+        headers = {**(forwarded or {}), "Accept": "application/json"}
         try:
-            resp = self._session().get(self.url, timeout=self.timeout, headers={"Accept": "application/json"})
+            resp = self._session().get(self.url, timeout=self.timeout, headers=headers)
         except requests.RequestException as err:
             # A stall while reading the body arrives as ConnectionError(ReadTimeoutError), not Timeout.
             if isinstance(err, requests.Timeout) or (err.args and isinstance(err.args[0], ReadTimeoutError)):

@@ -1,7 +1,9 @@
 """The recipe site: routing by (path, method) inside one HTTP function, pages and the JSON API.
 
-A Cloud Function gets every request on one entry point, so routing is done here rather than by Flask
-routes (functions-framework mounts the function at "/" and "/<path:path>" for every method).
+A Cloud Function gets every request on one entry point (functions-framework mounts the function at
+"/" and "/<path:path>" for every method), so the site routes with its own Werkzeug URL map: the same
+rules Flask's routes are made of, with HEAD answered wherever GET is and the allowed methods of a 405
+taken from the map.
 """
 
 from __future__ import annotations
@@ -9,15 +11,15 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
-from collections.abc import Callable
+import time
 from typing import Any
 
 import flask
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.formparser import FormDataParser
+from werkzeug.routing import Map, Rule
 
-from . import validation
+from . import tracing, validation
 from .body import BodyIncomplete, BodyTooLarge, body_left_unread, drain, read_limited
 from .config import MAX_PER_PAGE, Settings
 from .csrf import (
@@ -34,8 +36,22 @@ from .store import DuplicateIdError, Recipe, StorageUnavailable, open_store
 
 log = logging.getLogger("recipes")
 
-RECIPE_PATH = re.compile(r"^/recipes/([^/]+)$")
-API_RECIPE_PATH = re.compile(r"^/api/recipes/([^/]+)$")
+# Each endpoint names a Site method called with (request, **the rule's arguments). A GET rule also
+# answers HEAD (Werkzeug adds it; the WSGI server drops the body). <recipe_id> is one path segment.
+# merge_slashes off: "/api//recipes" is not "/api/recipes" (no redirect), as the site always answered.
+ROUTES = Map(
+    [
+        Rule("/", methods=["GET"], endpoint="list_page"),
+        Rule("/new", methods=["GET"], endpoint="form_page"),
+        Rule("/new", methods=["POST"], endpoint="form_submit"),
+        Rule("/recipes/<recipe_id>", methods=["GET"], endpoint="detail_page"),
+        Rule("/healthz", methods=["GET"], endpoint="healthz"),
+        Rule("/api/recipes", methods=["GET"], endpoint="api_list"),
+        Rule("/api/recipes", methods=["POST"], endpoint="api_create"),
+        Rule("/api/recipes/<recipe_id>", methods=["GET"], endpoint="api_get"),
+    ],
+    merge_slashes=False,
+)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 CSRF_MESSAGES = {
@@ -115,6 +131,8 @@ class Site:
     # --- entry point -------------------------------------------------------------------------------
 
     def handle(self, request: flask.Request) -> flask.Response:
+        started = time.perf_counter()
+        tracing.ensure_request_id(request)
         path = self._local_path(request.path)
         api = path == "/api" or path.startswith("/api/") or path == "/healthz"
         try:
@@ -130,7 +148,9 @@ class Site:
             # functions-framework's own 500 handler would send the exception text to the client.
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = self._internal_error(api)
-        return self._finish(request, response)
+        response = self._finish(request, response)
+        tracing.log_request(request, response, started)
+        return response
 
     def _internal_error(self, api: bool) -> flask.Response:
         msg = "Something went wrong on the site's side. Nothing was saved."
@@ -148,26 +168,12 @@ class Site:
         return path.rstrip("/") or "/"
 
     def _route(self, request: flask.Request, path: str, api: bool) -> flask.Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        routes: dict[str, Callable[[], flask.Response]]
-        if path == "/":
-            routes = {"GET": lambda: self.list_page(request)}
-        elif path == "/new":
-            routes = {"GET": lambda: self.form_page(request), "POST": lambda: self.form_submit(request)}
-        elif m := RECIPE_PATH.match(path):
-            routes = {"GET": lambda: self.detail_page(request, m.group(1))}
-        elif path == "/healthz":
-            routes = {"GET": self.healthz}
-        elif path == "/api/recipes":
-            routes = {"GET": lambda: self.api_list(request), "POST": lambda: self.api_create(request)}
-        elif m := API_RECIPE_PATH.match(path):
-            routes = {"GET": lambda: self.api_get(m.group(1))}
-        else:
-            if api:
-                return json_error(404, "not_found", f"No such API path: {request.path}")
-            return self._error_page(404, "Page not found", f"There is no page at {request.path}.")
-        if method not in routes:
-            allowed = ", ".join(sorted({*routes, "HEAD"} if "GET" in routes else routes))
+        try:
+            if path.startswith("//"):  # Werkzeug strips leading slashes: "//new" would match "/new"
+                raise NotFound()
+            endpoint, args = ROUTES.bind("site", path_info=path).match(method=request.method)
+        except MethodNotAllowed as err:
+            allowed = ", ".join(sorted(err.valid_methods or ()))
             text = f"{request.method} is not allowed on {request.path}; allowed: {allowed}."
             response = (
                 json_error(405, "method_not_allowed", text)
@@ -176,7 +182,11 @@ class Site:
             )
             response.headers["Allow"] = allowed
             return response
-        return routes[method]()
+        except NotFound:
+            if api:
+                return json_error(404, "not_found", f"No such API path: {request.path}")
+            return self._error_page(404, "Page not found", f"There is no page at {request.path}.")
+        return getattr(self, endpoint)(request, **args)
 
     def _finish(self, request: flask.Request, response: flask.Response) -> flask.Response:
         response.headers["X-Content-Type-Options"] = "nosniff"
@@ -301,7 +311,7 @@ class Site:
                 problem_code="invalid_input",
             )
         try:
-            stored = self._create(recipe)
+            stored = self._create(request, recipe)
         except IdgenError as err:
             return self._form(
                 request,
@@ -328,10 +338,10 @@ class Site:
 
     # --- creating (shared by form and API) ----------------------------------------------------------
 
-    def _create(self, recipe: validation.RecipeInput) -> Recipe:
+    def _create(self, request: flask.Request, recipe: validation.RecipeInput) -> Recipe:
         """An ID from idgen, then one INSERT. If idgen fails, nothing at all is written."""
         try:
-            new_id = self.idgen.new_id()
+            new_id = self.idgen.new_id(tracing.forward_headers(request.headers))
         except IdgenError as err:
             log.warning("idgen failed: %s (status %s)", err.code, err.status)
             raise
@@ -346,7 +356,7 @@ class Site:
 
     # --- JSON API ----------------------------------------------------------------------------------
 
-    def healthz(self) -> flask.Response:
+    def healthz(self, request: flask.Request) -> flask.Response:
         # Local checks only: never idgen, or a blocked egress would make the site look down. The
         # store must be readable and writable: a site that cannot save recipes is not ready.
         try:
@@ -374,7 +384,7 @@ class Site:
             }
         )
 
-    def api_get(self, recipe_id: str) -> flask.Response:
+    def api_get(self, request: flask.Request, recipe_id: str) -> flask.Response:
         recipe = self.store.get(recipe_id) if ID_RE.match(recipe_id) else None
         if recipe is None:
             return json_error(404, "not_found", f"No recipe with id {recipe_id!r}.")
@@ -424,7 +434,7 @@ class Site:
                 fields=[e.to_json() for e in recipe.errors],
             )
         try:
-            stored = self._create(recipe)
+            stored = self._create(request, recipe)
         except IdgenError as err:
             extra = {"idgen": err.detail} if err.detail else {}
             return json_error(

@@ -61,7 +61,8 @@ ENVOY_REPLIES: dict[str, tuple[dict[str, str], bytes]] = {
 
 
 class FakeIdgen:
-    """idgen's /id on a free port. Set .mode to choose the answer; .calls counts requests."""
+    """idgen's /id on a free port. Set .mode to choose the answer; .calls counts requests, .headers
+    keeps each request's headers (names in lower case)."""
 
     MODES = ("ok", "dup", "garbage", "hang", "bad_id", "no_code_503", *ENVOY_REPLIES, *IDGEN_ERRORS)
 
@@ -70,6 +71,7 @@ class FakeIdgen:
         self.fixed_id = str(uuid.uuid4())
         self.calls = 0
         self.issued: list[str] = []
+        self.headers: list[dict[str, str]] = []
         self._release = threading.Event()
         self._lock = threading.Lock()
         fake = self
@@ -97,6 +99,7 @@ class FakeIdgen:
             def do_GET(self) -> None:
                 with fake._lock:
                     fake.calls += 1
+                    fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                 mode = fake.mode
                 if self.path != "/id":
                     self._send(404, b'{"error": "not_found", "message": "no such path"}')

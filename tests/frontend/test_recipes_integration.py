@@ -7,7 +7,9 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
+import uuid
 
 import functions_framework
 import pytest
@@ -22,6 +24,9 @@ from recipes_testlib import (
     form_fields,
     problem,
 )
+from recipesite import tracing as site_tracing
+
+from idgen import tracing as idgen_tracing
 
 XSS = "<script>alert(1)</script>"
 ATTR_XSS = '"><img src=x onerror=alert(1)>'
@@ -51,6 +56,18 @@ def test_loads_from_the_repository_root_with_a_relative_source(site_env, monkeyp
     app = functions_framework.create_app(target="recipes", source="frontend/main.py")
     response = app.test_client().get("/healthz")
     assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("declared", ["cloudevent", "event"])
+def test_the_function_declares_itself_http_with_the_decorator(site_env, monkeypatch, declared):
+    """main.py registers `recipes` with @functions_framework.http, so the code, not the command line or
+    the environment, says it is an HTTP function: a FUNCTION_SIGNATURE_TYPE that says otherwise loses
+    (functions-framework reads the decorator's registration first)."""
+    monkeypatch.setenv("FUNCTION_SIGNATURE_TYPE", declared)
+    app = functions_framework.create_app(target="recipes", source=str(MAIN))
+    response = app.test_client().get("/healthz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+    assert os.environ["FUNCTION_SIGNATURE_TYPE"] == "http"  # what functions-framework settled on
 
 
 # --- create, view, list ----------------------------------------------------------------------------
@@ -166,6 +183,82 @@ def test_head_and_trailing_slash(client):
 def test_healthz(client):
     response = client.get("/healthz")
     assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+
+
+# --- request ID and trace headers -----------------------------------------------------------------
+
+TRACE_HEADERS = {
+    "x-request-id": "5f7a1c1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b",
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tracestate": "congo=t61rcWkgMzE",
+    "x-b3-traceid": "4bf92f3577b34da6a3ce929d0e0e4736",
+    "x-b3-spanid": "00f067aa0ba902b7",
+    "x-b3-parentspanid": "a3ce929d0e0e4736",
+    "x-b3-sampled": "1",
+    "x-b3-flags": "0",
+    "b3": "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+    "x-ot-span-context": "4bf92f3577b34da6;00f067aa0ba902b7;0;sr",
+}
+
+
+def site_lines(err: str) -> list[dict]:
+    return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("how", ["api", "form"])
+def test_request_id_and_trace_headers_go_on_to_idgen(client, fake_idgen, capsys, how):
+    """As Istio's Bookinfo productpage does: the call to idgen carries the request's ID and trace
+    context, and nothing else of the browser's (its cookies, its user agent)."""
+    others = {"cookie": "theme=dark", "user-agent": "browser/1"}
+    if how == "api":
+        response = client.post("/api/recipes", json=RECIPE, headers={**TRACE_HEADERS, **others})
+        assert response.status_code == 201
+    else:
+        data = {**form_fields(), "csrf_token": csrf_token(client.get("/new").text)}
+        response = client.post(
+            "/new", data=data, content_type="multipart/form-data", headers={**TRACE_HEADERS, **others}
+        )
+        assert response.status_code == 303
+    (sent,) = fake_idgen.headers
+    assert {name: sent.get(name) for name in TRACE_HEADERS} == TRACE_HEADERS
+    assert "cookie" not in sent and sent.get("user-agent") != "browser/1"
+    (line,) = [line for line in site_lines(capsys.readouterr().err) if line["method"] == "POST"]
+    assert (line["request_id"], line["trace_id"], line["status"]) == (
+        TRACE_HEADERS["x-request-id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        response.status_code,
+    )
+
+
+def test_a_request_without_an_id_gets_one_and_idgen_gets_the_same(client, fake_idgen, capsys):
+    """The site as the edge: like Envoy, it gives a request without x-request-id a random UUID, logs
+    it and sends it on; it starts no trace (no traceparent or b3 of its own)."""
+    assert create(client).status_code == 201
+    (sent,) = fake_idgen.headers
+    assert uuid.UUID(sent["x-request-id"]).version == 4
+    assert not {"traceparent", "b3", "x-b3-traceid"} & sent.keys()
+    (line,) = site_lines(capsys.readouterr().err)
+    assert (line["request_id"], line["trace_id"]) == (sent["x-request-id"], None)
+
+
+def test_every_request_gets_one_log_line(client, capsys):
+    """Errors included (a 404, a 405), each with its own ID."""
+    client.get("/healthz")
+    client.get("/nope")
+    client.delete("/api/recipes")
+    lines = site_lines(capsys.readouterr().err)
+    assert [(line["method"], line["path"], line["status"], line["level"]) for line in lines] == [
+        ("GET", "/healthz", 200, "info"),
+        ("GET", "/nope", 404, "info"),
+        ("DELETE", "/api/recipes", 405, "info"),
+    ]
+    assert len({line["request_id"] for line in lines}) == 3
+    assert all(isinstance(line["duration_ms"], float) for line in lines)
+
+
+def test_the_site_and_idgen_forward_the_same_headers():
+    """Each part is deployed on its own, so each keeps its list; they must not drift apart."""
+    assert site_tracing.FORWARDED == idgen_tracing.FORWARDED
 
 
 # --- input rules, JSON ---------------------------------------------------------------------------

@@ -232,6 +232,68 @@ def test_log_line_carries_envoys_request_id(client, capsys):
     assert json.loads(capsys.readouterr().err)["request_id"] == "abc-123"
 
 
+# As a caller in the mesh sends them: a sidecar's request ID and both trace context formats.
+TRACE_HEADERS = {
+    "x-request-id": "5f7a1c1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b",
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tracestate": "congo=t61rcWkgMzE",
+    "x-b3-traceid": "4bf92f3577b34da6a3ce929d0e0e4736",
+    "x-b3-spanid": "00f067aa0ba902b7",
+    "x-b3-parentspanid": "a3ce929d0e0e4736",
+    "x-b3-sampled": "1",
+    "x-b3-flags": "0",
+    "b3": "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+    "x-ot-span-context": "4bf92f3577b34da6;00f067aa0ba902b7;0;sr",
+}
+
+
+def test_request_id_and_trace_headers_go_on_to_the_upstream(client, stub, capsys):
+    """As Istio's Bookinfo productpage does: what identifies the request and its trace is copied onto
+    idgen's upstream call; nothing else of the caller's (its cookies, credentials, user agent) is."""
+    others = {"cookie": "session=secret", "authorization": "Bearer secret", "user-agent": "site/1"}
+    response = client.get("/id", headers={**TRACE_HEADERS, **others})
+    assert response.status_code == 200
+    (seen,) = stub.requests_seen()
+    received = {name.lower(): value for name, value in seen.headers.items()}
+    assert {name: received.get(name) for name in TRACE_HEADERS} == TRACE_HEADERS
+    assert "cookie" not in received and "authorization" not in received
+    assert received["user-agent"] == "idgen/0.1"
+    line = json.loads(capsys.readouterr().err)
+    assert (line["request_id"], line["trace_id"]) == (
+        TRACE_HEADERS["x-request-id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+    )
+
+
+def test_without_trace_headers_the_upstream_call_carries_none(client, stub, capsys):
+    """idgen makes up no ID: outside the mesh nothing sets one, and its line says so (null)."""
+    assert client.get("/id").status_code == 200
+    received = {name.lower() for name in stub.requests_seen()[0].headers}
+    assert not received & set(TRACE_HEADERS)
+    line = json.loads(capsys.readouterr().err)
+    assert (line["request_id"], line["trace_id"]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (
+            {"traceparent": TRACE_HEADERS["traceparent"], "x-b3-traceid": "1"},
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+        ),
+        ({"x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7"}, "80f198ee56343ba864fe8b2a57d3eff7"),
+        ({"b3": "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"}, "80f198ee56343ba864fe8b2a57d3eff7"),
+        ({"b3": "0"}, None),  # B3's single form with a sampling decision only: no trace ID
+        ({"traceparent": "garbage"}, None),
+        ({}, None),
+    ],
+)
+def test_log_line_carries_the_trace_id(client, capsys, headers, expected):
+    """The part of the trace context that stays the same on every hop (span IDs change)."""
+    client.get("/healthz", headers=headers)
+    assert json.loads(capsys.readouterr().err)["trace_id"] == expected
+
+
 # --- connections ---------------------------------------------------------------------------------
 
 
