@@ -16,8 +16,8 @@ from collections.abc import Callable
 import requests
 from recipes_testlib import RECIPE
 
-from localmesh.driver import LocalStack
-from localmesh.stack import Paths
+from localmesh.stack.driver import LocalStack
+from localmesh.stack.topology import Paths
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

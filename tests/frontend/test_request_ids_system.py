@@ -22,7 +22,7 @@ import pytest
 import requests
 from recipes_testlib import FRONTEND, RECIPE, ROOT
 
-from localmesh.procs import free_port, running
+from localmesh.stack.procs import free_port, running
 
 BIN = ROOT / ".venv" / "bin"
 HTTPBIN_GUNICORN = ROOT / ".venv-httpbin" / "bin" / "gunicorn"
