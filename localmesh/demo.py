@@ -31,7 +31,14 @@ from localmesh.stack.statefile import StackState
 from localmesh.stack.topology import OPTIONS, ROOT, Paths, default_state_dir, proxy_admins, urls
 
 PROMETHEUS_CATCH_UP = 15.0  # seconds to wait for Prometheus to scrape the step's last requests
-OUT = ROOT / "out"
+# Generated pages and graphs; the Makefile exports EGRESS_LAB_OUT (default out), tests a temporary folder.
+OUT = ROOT / os.environ.get("EGRESS_LAB_OUT", "out")
+
+
+def shown(path: Path) -> Path:
+    """A path as the user should read it: from the project's folder when it is inside it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
 
 Series = frozenset[tuple[str, str]]
 
@@ -174,7 +181,7 @@ def run_option(
         drawn = write_graph(
             counters.between(before, after), graph, title=f"recipes: option {number}, {option}"
         )
-        print(f"    service graph (Kiali style): {graph.relative_to(ROOT)} and .html")
+        print(f"    service graph (Kiali style): {shown(graph)} and .html")
     except EgressWatchError as err:
         graph_error = str(err)
         print(f"    egresswatch: {err}")
@@ -249,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {
             option: run_option(option, args.n, state, paths, counters, page) for option in args.options
         }
-        print(f"\nOne page with every option: {page.write(OUT / 'index.html').relative_to(ROOT)}")
+        print(f"\nOne page with every option: {shown(page.write(OUT / 'index.html'))}")
     except KeyboardInterrupt:
         left = "stopping the local mesh it started" if stop else "the local mesh keeps running (make down)"
         print(f"\ndemo: interrupted (Ctrl-C); {left}.", file=sys.stderr)

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,12 +68,16 @@ RUN = {
 }  # fmt: skip
 
 
+# What the targets generate (the demo's page and graphs, make graph, make load) goes here, not into out/.
+GENERATED = tempfile.TemporaryDirectory(prefix="egress-lab-out-")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The user's environment without make's own variables (pytest may run under `make test`) and
-    without any metrics source a developer may have set."""
+    without any metrics source a developer may have set; generated files go to a temporary folder."""
     drop = {"MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PROMETHEUS", "PROXIES", "EGRESSWATCH_PROMETHEUS", "NO_COLOR"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("LOCALMESH_PORT_")}
-    return {**env, **extra}
+    return {**env, "EGRESS_LAB_OUT": GENERATED.name, **extra}
 
 
 def stack_env(state: Path, ports: Ports, **extra: str) -> dict[str, str]:

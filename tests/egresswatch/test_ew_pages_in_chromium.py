@@ -143,13 +143,16 @@ def test_screenshots_of_the_console_and_the_blocked_site(
         assert (shots / name).stat().st_size > 10_000
 
 
-def test_demo_page_shows_the_three_options_side_by_side(stack: LocalStack, browser: Any) -> None:
+def test_demo_page_shows_the_three_options_side_by_side(
+    stack: LocalStack, browser: Any, tmp_path: Path
+) -> None:
     cmd = [str(VENV_BIN / "python"), "-m", "localmesh.demo", "-n", "3", "--state-dir", str(stack.state_dir)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    env = {**os.environ, "EGRESS_LAB_OUT": str(tmp_path)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "One page with every option: out/index.html" in done.stdout
+    assert f"One page with every option: {tmp_path / 'index.html'}" in done.stdout
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.goto((ROOT / "out" / "index.html").as_uri())
+    page.goto((tmp_path / "index.html").as_uri())
     sections = page.eval_on_selector_all(
         "section.step", "els => els.map(e => [e.id, e.dataset.verdict, e.querySelectorAll('svg').length])"
     )

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -259,14 +260,15 @@ def test_status_names_the_applied_option(stack: LocalStack) -> None:
         assert f"{name}: http://127.0.0.1:{getattr(stack.ports, name)}" in out
 
 
-def test_demo_passes_against_the_running_stack(stack: LocalStack) -> None:
+def test_demo_passes_against_the_running_stack(stack: LocalStack, tmp_path: Path) -> None:
     cmd = [str(VENV_BIN / "python"), "-m", "localmesh.demo", "-n", "3", "--state-dir", str(stack.state_dir)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    env = {**os.environ, "EGRESS_LAB_OUT": str(tmp_path)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     for option in ("passthrough", "blackhole", "serviceentry"):
         assert f"Verdict: OK: {option}" in done.stdout
     assert "Site: 0 of 3 recipes created; failed: 3 x 502 egress_blocked" in done.stdout
-    assert (ROOT / "out" / "graph-blackhole.svg").exists()
+    assert (tmp_path / "graph-blackhole.svg").exists()
     # The demo leaves a stack it did not start running.
     assert requests.get(f"{stack.site}/healthz", timeout=5).status_code == 200
 
