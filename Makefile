@@ -103,17 +103,18 @@ down: $(READY) ## stop every process of the local mesh
 status: $(READY) ## what runs, where, and which egress option is applied
 	@$(BIN)/localmesh status
 
-# What `make apply` pushes: an option's overlay, a kustomize directory or one file (as -k / -f).
-APPLY_ARGS = $(strip $(if $(OPTION),$(if $(filter $(OPTION),$(OPTIONS)),-k manifests/overlays/$(OPTION),\
-    $(error make apply: OPTION=$(OPTION) is not an egress option; choose one of: $(OPTIONS))),\
-    $(if $(K),-k $(K),$(if $(F),-f $(F),\
-    $(error make apply: say what to apply: OPTION=passthrough|blackhole|serviceentry, K=DIR or F=FILE)))))
+# What `make apply` pushes: an option's overlay, a kustomize directory or one file (as -k / -f). A missing
+# or unknown choice fails when the recipe runs (so `make -n apply` still shows what it would do).
+APPLY_ARGS = $(if $(OPTION),$(if $(filter $(OPTION),$(OPTIONS)),-k manifests/overlays/$(OPTION)),\
+    $(if $(K),-k $(K),$(if $(F),-f $(F))))
+APPLY_USAGE = $(if $(OPTION),OPTION=$(OPTION) is not an egress option; choose one of: $(OPTIONS),\
+    say what to apply: OPTION=passthrough|blackhole|serviceentry; K=DIR or F=FILE)
 
 apply: $(READY) ## push to the running mesh, as istiod would: OPTION=<option>, K=DIR (kustomize) or F=FILE
-	@$(BIN)/localmesh apply $(APPLY_ARGS)
+	@$(if $(strip $(APPLY_ARGS)),$(BIN)/localmesh apply $(APPLY_ARGS),echo "make apply: $(strip $(APPLY_USAGE))" >&2; exit 2)
 
 delete: $(READY) ## remove the objects of F=FILE from the mesh and push (kubectl delete -f)
-	@$(BIN)/localmesh delete -f $(or $(F),$(error make delete: name the file: make delete F=FILE))
+	@$(if $(F),$(BIN)/localmesh delete -f $(F),echo "make delete: name the file: make delete F=FILE" >&2; exit 2)
 
 logs: $(READY) ## idgen's sidecar log: an access log line per request, Istio's format (WORKLOAD=istio-ingressgateway)
 	@$(BIN)/localmesh logs $(or $(WORKLOAD),idgen)
