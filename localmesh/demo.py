@@ -22,8 +22,7 @@ from pathlib import Path
 import requests
 
 from egresswatch import api
-from egresswatch.api import REQUESTS, EgressWatchError, Snapshot, write_graph
-from egresswatch.exposition import SeriesKey
+from egresswatch.api import REQUESTS, EgressWatchError, SeriesKey, Snapshot, write_graph
 from localmesh import cli
 from localmesh.demopage import DemoPage, Step
 from localmesh.expected import EGRESS_SELECTOR, EXPECTATIONS, Expectation

@@ -17,14 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import cast
+from typing import Protocol, cast
 
 from localmesh.mesh.names import PASSTHROUGH, UNKNOWN
 from localmesh.pilot.routes import Decision, decide_outbound
 from localmesh.proxy import http1
 from localmesh.proxy.interfaces import DownstreamConnection
+from localmesh.proxy.state import ProxyState
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+
+class TunnelClient(DownstreamConnection, Protocol):
+    """The downstream connection as a tunnel drives it: it also gives the proxy's state."""
+
+    state: ProxyState
 
 
 class _Upstream(asyncio.Protocol):
@@ -57,7 +64,7 @@ class _Upstream(asyncio.Protocol):
 class Tunnel:
     """Relays bytes both ways between the downstream connection and the decided upstream."""
 
-    def __init__(self, down: DownstreamConnection, target: bytes, initial: bytes) -> None:
+    def __init__(self, down: TunnelClient, target: bytes, initial: bytes) -> None:
         self.down = down
         self.state = down.state
         self.target = target
