@@ -22,7 +22,7 @@ from pathlib import Path
 
 from egresswatch import exposition, prom, render
 from egresswatch.errors import EgressWatchError
-from egresswatch.exposition import Snapshot
+from egresswatch.exposition import SeriesKey, Snapshot
 from egresswatch.graph import Graph, build_graph
 from egresswatch.promql import REQUESTS
 from egresswatch.render import CSS, render_svg
@@ -34,6 +34,7 @@ __all__ = [
     "REQUESTS",
     "EgressWatchError",
     "Graph",
+    "SeriesKey",
     "Snapshot",
     "Source",
     "between",

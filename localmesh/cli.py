@@ -113,7 +113,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
         return cmd_down(args, paths) or 130
 
 
-def _wait_ready(paths: Paths, sup: subprocess.Popen, log: Path) -> int:
+def _wait_ready(paths: Paths, sup: subprocess.Popen[bytes], log: Path) -> int:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         state = read_state(paths)

@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 
 from egresswatch import api
-from egresswatch.api import REQUESTS, EgressWatchError, Snapshot, write_graph
+from egresswatch.api import REQUESTS, EgressWatchError, SeriesKey, Snapshot, write_graph
 from localmesh import cli
 from localmesh.demopage import DemoPage, Step
 from localmesh.expected import EGRESS_SELECTOR, EXPECTATIONS, Expectation
@@ -48,10 +48,11 @@ class SiteOutcome:
     """What the recipe site answered to the step's creations."""
 
     created: int = 0
-    failures: Counter = field(default_factory=Counter)  # (status, error code) -> count
+    # (status, error code) -> count
+    failures: Counter[tuple[int, str | None]] = field(default_factory=Counter)
     first_message: str = ""
-    statuses: Counter = field(default_factory=Counter)
-    errors: Counter = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str | None] = field(default_factory=Counter)
 
 
 def create_recipes(site: str, n: int, option: str) -> SiteOutcome:
@@ -80,7 +81,7 @@ def create_recipes(site: str, n: int, option: str) -> SiteOutcome:
     return outcome
 
 
-def _nonempty(snap: Snapshot) -> dict:
+def _nonempty(snap: Snapshot) -> dict[str, dict[SeriesKey, float]]:
     """A snapshot's series per proxy, leaving out proxies with none (Prometheus lists no such target)."""
     return {proxy: series for proxy, series in snap.per_proxy.items() if series}
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -111,9 +111,11 @@ class Resource:
         _check_json(body, "", lambda path, msg: f"{at}: {label}: {path or '(top level)'}: {msg}")
         return cls(body, source)
 
+    # from_body checked that these fields are strings (the body itself is untyped JSON).
+
     @property
     def api_version(self) -> str:
-        return self.body["apiVersion"]
+        return cast(str, self.body["apiVersion"])
 
     @property
     def group(self) -> str:
@@ -122,15 +124,15 @@ class Resource:
 
     @property
     def kind(self) -> str:
-        return self.body["kind"]
+        return cast(str, self.body["kind"])
 
     @property
     def name(self) -> str:
-        return self.body["metadata"]["name"]
+        return cast(str, self.body["metadata"]["name"])
 
     @property
     def raw_namespace(self) -> str | None:
-        return self.body["metadata"].get("namespace")
+        return cast(str | None, self.body["metadata"].get("namespace"))
 
     @property
     def namespace(self) -> str:

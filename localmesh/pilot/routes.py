@@ -132,7 +132,7 @@ class RouteTable:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise RouteTableError(f"route table: not valid JSON: {err}") from err
-        table = decode(cls, data, "route table")
+        table: RouteTable = decode(cls, data, "route table")
         if table.outbound_policy not in (ALLOW_ANY, REGISTRY_ONLY):
             raise RouteTableError(
                 f"route table.outbound_policy: {table.outbound_policy!r} "

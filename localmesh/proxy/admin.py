@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from typing import cast
 
 import httptools
 
@@ -69,7 +70,7 @@ class Admin(asyncio.Protocol):
         self.keep_alive = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's transport
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -167,7 +168,7 @@ class Admin(asyncio.Protocol):
         self.state.swap(table)
         self._json(200, {"version": table.version})
 
-    def _json(self, code: int, payload: dict, extra: bytes = b"") -> None:
+    def _json(self, code: int, payload: dict[str, object], extra: bytes = b"") -> None:
         self._send(code, b"application/json", json.dumps(payload).encode() + b"\n", extra=extra)
 
     def _send(

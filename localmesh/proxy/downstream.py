@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from typing import cast
 
 import httptools
 
@@ -31,10 +32,12 @@ MAX_HEADERS = 100
 class Downstream(asyncio.Protocol):
     """One accepted client connection."""
 
+    # Set by connection_made, which asyncio calls before any other method.
+    transport: asyncio.Transport
+
     def __init__(self, state: ProxyState, listener: Listener) -> None:
         self.state = state
         self.listener = listener
-        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.current: Exchange | None = None  # the exchange whose response is being produced
         self.parsing: Exchange | None = None  # the exchange whose request is being parsed
@@ -57,7 +60,7 @@ class Downstream(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's transport
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip = str(peer[0]).encode()
@@ -124,6 +127,8 @@ class Downstream(asyncio.Protocol):
             self.current.upstream.pause_reading(False)
 
     # --- httptools callbacks ------------------------------------------------------------------
+    # httptools calls on_message_begin before the others of a message, so `parsing` is set in them
+    # (the casts tell the type checker, at no cost beyond a call).
 
     def on_message_begin(self) -> None:
         self.head_bytes = -1
@@ -136,25 +141,25 @@ class Downstream(asyncio.Protocol):
             self.pause("pipeline")
 
     def on_url(self, url: bytes) -> None:
-        self.parsing.url += url
+        cast(Exchange, self.parsing).url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.parsing.headers.append((name.lower(), value))
+        cast(Exchange, self.parsing).headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        exchange = self.parsing
+        exchange = cast(Exchange, self.parsing)
         exchange.headers_complete(self.parser)
         if exchange.req_bytes > MAX_HEAD_BYTES or len(exchange.headers) > MAX_HEADERS:
             exchange.refuse = 431
 
     def on_body(self, body: bytes) -> None:
-        self.parsing.request_body(body)
+        cast(Exchange, self.parsing).request_body(body)
 
     def on_chunk_complete(self) -> None:
-        self.parsing.chunk_complete()
+        cast(Exchange, self.parsing).chunk_complete()
 
     def on_message_complete(self) -> None:
-        exchange, self.parsing = self.parsing, None
+        exchange, self.parsing = cast(Exchange, self.parsing), None
         exchange.request_complete()
 
     # --- used by exchanges --------------------------------------------------------------------

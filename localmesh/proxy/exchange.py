@@ -29,6 +29,7 @@ import sys
 import time
 import traceback
 from random import getrandbits
+from typing import cast
 
 import httptools
 
@@ -492,7 +493,9 @@ class Exchange:
     # --- upstream connection ------------------------------------------------------------------
 
     def _acquire(self) -> None:
-        address = self.address
+        # begin() sets the address before the first attempt; a request without one (no route,
+        # BlackHoleCluster) is answered locally and never connects.
+        address = cast(Address, self.address)
         conn = self.state.pool.take(address)
         if conn is not None:
             self._attach(conn)
@@ -681,7 +684,7 @@ class Exchange:
                 self.pending = list(self.replay or ())
                 self.pending_size = self.replay_size
                 self.written = False
-            asyncio.get_running_loop().create_task(self._connect(self.address))
+            asyncio.get_running_loop().create_task(self._connect(cast(Address, self.address)))
         elif protocol_error:
             self.local_reply(503, CONNECT_ERROR + b"reset reason: protocol error", "UPE")
         else:

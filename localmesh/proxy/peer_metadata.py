@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from localmesh.mesh.names import UNKNOWN, Workload
@@ -47,7 +48,7 @@ _LABEL_VERSION = "version"
 _OWNER_PREFIX = "kubernetes://apis/apps/v1/namespaces/"
 
 # A struct value is either a str or a nested struct (dict); that is all Istio puts in this header.
-StructValue = str | dict
+StructValue = str | dict[str, "StructValue"]
 
 
 # --- protobuf wire format for google.protobuf.Struct -------------------------------------------
@@ -103,43 +104,45 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes):
-    """Yield (field number, wire type, value) for each field; value is bytes for wire type 2."""
+def _length_delimited(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """Yield (field number, bytes) for each length-delimited field (wire type 2), the only kind a
+    Struct's strings and nested structs use; fields of the other wire types are skipped."""
     pos = 0
     while pos < len(data):
         key, pos = _read_varint(data, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _read_varint(data, pos)
+            _, pos = _read_varint(data, pos)
         elif wire == 1:
-            value, pos = data[pos : pos + 8], pos + 8
+            pos += 8
         elif wire == 2:
             length, pos = _read_varint(data, pos)
             if pos + length > len(data):
                 raise DecodeError("truncated field")
-            value, pos = data[pos : pos + length], pos + length
+            yield number, data[pos : pos + length]
+            pos += length
         elif wire == 5:
-            value, pos = data[pos : pos + 4], pos + 4
+            pos += 4
         else:
             raise DecodeError(f"unsupported wire type {wire}")
-        yield number, wire, value
 
 
 def decode_struct(data: bytes) -> dict[str, StructValue]:
     """Parse a Struct; string and struct values are kept, other kinds (numbers, lists...) are skipped."""
     out: dict[str, StructValue] = {}
-    for number, wire, entry in _fields(data):
-        if number != 1 or wire != 2:
+    for number, entry in _length_delimited(data):
+        if number != 1:
             continue
-        key, value = "", None
-        for enumber, ewire, evalue in _fields(entry):
-            if enumber == 1 and ewire == 2:
+        key = ""
+        value: StructValue | None = None
+        for enumber, evalue in _length_delimited(entry):
+            if enumber == 1:
                 key = evalue.decode("utf-8", "replace")
-            elif enumber == 2 and ewire == 2:
-                for vnumber, vwire, vvalue in _fields(evalue):
-                    if vnumber == 3 and vwire == 2:
+            elif enumber == 2:
+                for vnumber, vvalue in _length_delimited(evalue):
+                    if vnumber == 3:
                         value = vvalue.decode("utf-8", "replace")
-                    elif vnumber == 5 and vwire == 2:
+                    elif vnumber == 5:
                         value = decode_struct(vvalue)
         if value is not None:
             out[key] = value
@@ -211,7 +214,7 @@ class Identity:
 def workload_from_struct(fields: dict[str, StructValue], principal: str = "unknown") -> Workload:
     """convertStructToWorkloadMetadata, then istio_stats' defaults for what is missing."""
 
-    def text(mapping: dict, key: str, default: str = "unknown") -> str:
+    def text(mapping: dict[str, StructValue], key: str, default: str = "unknown") -> str:
         value = mapping.get(key)
         return value if isinstance(value, str) and value else default
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -73,7 +74,7 @@ class ProxyServer:
         self.admin = admin
         self.admin_token = admin_token
         self.servers: list[asyncio.base_events.Server] = []
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind every listener (ListenError names the one that failed) and start serving."""
@@ -81,9 +82,7 @@ class ProxyServer:
         state = self.state
         try:
             for listener, endpoint in self.listeners:
-                server = await self._bind(
-                    loop, lambda listener=listener: Downstream(state, listener), endpoint
-                )
+                server = await self._bind(loop, functools.partial(Downstream, state, listener), endpoint)
                 self.servers.append(server)
             admin = await self._bind(loop, lambda: Admin(state, self.admin_token), self.admin)
             self.servers.append(admin)
@@ -94,7 +93,9 @@ class ProxyServer:
         self._sweeper = loop.create_task(self._sweep())
 
     @staticmethod
-    async def _bind(loop: asyncio.AbstractEventLoop, factory: Callable, endpoint: Endpoint):
+    async def _bind(
+        loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.BaseProtocol], endpoint: Endpoint
+    ) -> asyncio.Server:
         try:
             return await loop.create_server(
                 factory, endpoint.host, endpoint.port, reuse_address=True, backlog=1024

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from localmesh.mesh.names import Service, Workload
 from localmesh.pilot.routes import RouteTable
-from localmesh.proxy.interfaces import RequestLog
+from localmesh.proxy.interfaces import DownstreamConnection, RequestLog
 from localmesh.proxy.peer_metadata import Identity, PeerCache
 from localmesh.proxy.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, Telemetry
 from localmesh.proxy.upstream import Address, Pool
@@ -99,7 +99,7 @@ class ProxyState:
         self.telemetry = Telemetry(max_passthrough_hosts)
         self.pool = Pool(connect_timeout=self.timeouts.connect, offline=offline)
         self.peers = PeerCache()
-        self.connections: set = set()
+        self.connections: set[DownstreamConnection] = set()
         self.listening = False
         self.table: RouteTable
         self.swap(table)

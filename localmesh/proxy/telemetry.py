@@ -204,12 +204,17 @@ def _format_bound(bound: float) -> str:
 _LE = (*tuple(_format_bound(b) for b in BUCKETS), "+Inf")
 
 
+# A series' identity: the label inputs it was created from (reporter, peers, service, outcome).
+HttpKey = tuple[str, Workload, Workload, Service, int, str, str, str]
+TcpKey = tuple[str, Workload, Workload, Service, str, str]
+
+
 class Telemetry:
     """All series of one proxy process, and their Prometheus text exposition."""
 
     def __init__(self, max_passthrough_hosts: int = DEFAULT_MAX_PASSTHROUGH_HOSTS) -> None:
-        self._http: dict[tuple, HttpSeries] = {}
-        self._tcp: dict[tuple, TcpSeries] = {}
+        self._http: dict[HttpKey, HttpSeries] = {}
+        self._tcp: dict[TcpKey, TcpSeries] = {}
         self.max_passthrough_hosts = max_passthrough_hosts
         self._hosts: set[str] = set()
         self._overflow: dict[tuple[str, str, str], int] = {}
@@ -283,7 +288,7 @@ class Telemetry:
         out: list[str] = []
         http = list(self._http.values())
         tcp = list(self._tcp.values())
-        counters = [
+        counters: list[tuple[str, list[HttpSeries] | list[TcpSeries], str]] = [
             ("istio_requests_total", http, "count"),
             ("istio_tcp_connections_closed_total", tcp, "closed"),
             ("istio_tcp_connections_opened_total", tcp, "opened"),

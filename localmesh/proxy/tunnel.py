@@ -17,22 +17,32 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Protocol, cast
 
 from localmesh.mesh.names import PASSTHROUGH, UNKNOWN
-from localmesh.pilot.routes import decide_outbound
+from localmesh.pilot.routes import Decision, decide_outbound
 from localmesh.proxy import http1
 from localmesh.proxy.interfaces import DownstreamConnection
+from localmesh.proxy.state import ProxyState
 
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
+class TunnelClient(DownstreamConnection, Protocol):
+    """The downstream connection as a tunnel drives it: it also gives the proxy's state."""
+
+    state: ProxyState
+
+
 class _Upstream(asyncio.Protocol):
+    # Set by connection_made, which asyncio calls before Pool.connect returns this connection.
+    transport: asyncio.Transport
+
     def __init__(self, tunnel: Tunnel) -> None:
         self.tunnel = tunnel
-        self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's transport
 
     def data_received(self, data: bytes) -> None:
         self.tunnel.from_upstream(data)
@@ -54,13 +64,13 @@ class _Upstream(asyncio.Protocol):
 class Tunnel:
     """Relays bytes both ways between the downstream connection and the decided upstream."""
 
-    def __init__(self, down: DownstreamConnection, target: bytes, initial: bytes) -> None:
+    def __init__(self, down: TunnelClient, target: bytes, initial: bytes) -> None:
         self.down = down
         self.state = down.state
         self.target = target
         self.pending: list[bytes] = [initial] if initial else []
         self.upstream: _Upstream | None = None
-        self.decision = None
+        self.decision: Decision | None = None  # set by start() once the target is valid
         self.flags = "-"
         self.sent = 0
         self.received = len(initial)
@@ -80,22 +90,22 @@ class Tunnel:
             self.closed = True
             self.down.abort()
             return
-        self.decision = decide_outbound(state.table, host, port, "tcp")
+        decision = self.decision = decide_outbound(state.table, host, port, "tcp")
         self.down.write(ESTABLISHED)
-        if self.decision.upstream is None:
+        if decision.upstream is None:
             # BlackHoleCluster: tcp_proxy finds no host and closes the connection right away.
             self.flags = "UH"
             self.close()
             return
-        asyncio.get_running_loop().create_task(self._connect(self.decision.upstream))
+        asyncio.get_running_loop().create_task(self._connect(decision.upstream, decision.cluster))
 
-    async def _connect(self, address: tuple[str, int]) -> None:
+    async def _connect(self, address: tuple[str, int], cluster: str) -> None:
         try:
             upstream = await self.state.pool.connect(address, lambda: _Upstream(self))
         except socket.gaierror:
             # No address: a DNS cluster without endpoints (UH); for PassthroughCluster the lookup
             # stands for the app's own, and failing it is a failed connection (UF).
-            self.flags = "UF" if self.decision.cluster == PASSTHROUGH else "UH"
+            self.flags = "UF" if cluster == PASSTHROUGH else "UH"
             self.close()
             return
         except (TimeoutError, OSError):
@@ -141,7 +151,7 @@ class Tunnel:
             self.close()
 
     def pause_upstream(self, paused: bool) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
+        if self.upstream is not None:
             if paused:
                 self.upstream.transport.pause_reading()
             else:
@@ -152,7 +162,7 @@ class Tunnel:
         if self.closed:
             return
         self.closed = True
-        if self.upstream is not None and self.upstream.transport is not None:
+        if self.upstream is not None:
             self.upstream.transport.close()
         self.down.abort()
         if self.decision is None:

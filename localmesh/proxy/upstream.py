@@ -13,17 +13,21 @@ import ipaddress
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol, TypeVar, cast, overload
 
 import httptools
 
+from localmesh.proxy.interfaces import DownstreamConnection
+
 Address = tuple[str, int]
+# The protocol a caller of Pool.connect builds for its connection (UpstreamConnection by default).
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 
 class ResponseSink(Protocol):
     """What an upstream connection reports to the exchange that owns it."""
 
-    down: Any  # the downstream connection, corked while a chunk of the response is parsed
+    down: DownstreamConnection  # corked while a chunk of the response is parsed
 
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None: ...
     def response_body(self, data: bytes) -> None: ...
@@ -53,7 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's transport
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
@@ -246,7 +250,14 @@ class Pool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def connect(self, address: Address, factory: Callable[[], Any] | None = None) -> Any:
+    @overload
+    async def connect(self, address: Address) -> UpstreamConnection: ...
+    @overload
+    async def connect(self, address: Address, factory: Callable[[], _P]) -> _P: ...
+
+    async def connect(
+        self, address: Address, factory: Callable[[], asyncio.BaseProtocol] | None = None
+    ) -> asyncio.BaseProtocol:
         """A new connection (raises OSError, socket.gaierror or TimeoutError on failure)."""
         if self.offline:
             check_offline(address[0])
@@ -256,7 +267,7 @@ class Pool:
             loop.create_connection(make, address[0], address[1]), self.connect_timeout
         )
         self.opened += 1
-        return conn  # type: ignore[return-value]
+        return conn
 
     def close_all(self) -> None:
         for idle in self._idle.values():

@@ -49,7 +49,7 @@ class LocalStack:
     def gateway_admin(self) -> str:
         return f"http://{LOOPBACK}:{self.ports.gateway_admin}"
 
-    def localmesh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def localmesh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the localmesh command line against this stack; StackCommandError if it fails and check."""
         cmd = [str(VENV_BIN / "python"), "-m", "localmesh", "--state-dir", str(self.state_dir), *args]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=self.env)

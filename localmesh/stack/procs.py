@@ -73,7 +73,7 @@ class Child:
     """A started process: its name (for messages), Popen handle and log file."""
 
     name: str
-    popen: subprocess.Popen
+    popen: subprocess.Popen[bytes]
     log: Path
 
     @property

@@ -140,12 +140,12 @@ def apply(
     if not len(state):
         state.apply_file(DEFAULT_MESH_CONFIG)
     result: ApplyResult
-    if delete:
-        result = state.delete_resources(load_file(file))
-    elif kustomize:
+    if kustomize and not delete:
         result = state.apply_kustomization(kustomize)
     else:
-        result = state.apply_file(file)
+        # The command line requires -f for `delete`, and -k or -f for `apply`.
+        assert file is not None
+        result = state.delete_resources(load_file(file)) if delete else state.apply_file(file)
     lines = [str(change) for change in result.changes]
     lines += [f"warning: {w}" for w in result.warnings]
     # Everything that can refuse the config runs before anything is written: an error changes nothing.
