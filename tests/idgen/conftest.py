@@ -157,8 +157,9 @@ class Stub:
         self.httpd.release = threading.Event()  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        # shutdown() returns at the next poll: a short interval keeps each test's teardown short.
         self._thread = threading.Thread(
-            target=self.httpd.serve_forever, args=(0.05,), name=f"stub-{self.port}", daemon=True
+            target=self.httpd.serve_forever, args=(0.01,), name=f"stub-{self.port}", daemon=True
         )
         self._thread.start()
 

@@ -274,7 +274,8 @@ class App:
         self.port = self.server.server_address[1]
         self.requests: list[dict] = []
         self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        # shutdown() returns at the next poll: a short interval keeps each test's teardown short.
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
 
     def record(self, handler: BaseHTTPRequestHandler) -> None:
         with self.lock:
