@@ -99,8 +99,9 @@ def _row(row: dict[str, Any]) -> Recipe:
 class PostgresStore:
     """The RecipeStore on a PostgreSQL database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_timeout: float = POOL_TIMEOUT_S) -> None:
         check_url(url)
+        self._pool_timeout = pool_timeout  # how long a call waits for a connection before it fails
         params = conninfo_to_dict(url)
         defaults = {
             "connect_timeout": CONNECT_TIMEOUT_S,
@@ -148,7 +149,7 @@ class PostgresStore:
                     self._conninfo,
                     min_size=1,
                     max_size=POOL_MAX,
-                    timeout=POOL_TIMEOUT_S,
+                    timeout=self._pool_timeout,
                     check=ConnectionPool.check_connection,  # replaces connections the server dropped
                     kwargs={"row_factory": dict_row},
                     name=f"recipes-{os.getpid()}",

@@ -13,6 +13,7 @@ Every check raises ManifestError naming the file, the resource (Kind namespace/n
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,18 +22,32 @@ import jsonschema
 import kubernetes_validate
 import pydantic
 import yaml
-from cloudcoil.models.istio.networking import v1 as istio_networking_v1
-from cloudcoil.models.prometheus_operator import v1 as prometheus_operator_v1
 
-ISTIO_MODELS: dict[tuple[str, str], type[pydantic.BaseModel]] = {
-    ("networking.istio.io/v1", "Gateway"): istio_networking_v1.Gateway,
-    ("networking.istio.io/v1", "VirtualService"): istio_networking_v1.VirtualService,
-    ("networking.istio.io/v1", "ServiceEntry"): istio_networking_v1.ServiceEntry,
-    ("networking.istio.io/v1", "Sidecar"): istio_networking_v1.Sidecar,
-    ("networking.istio.io/v1", "DestinationRule"): istio_networking_v1.DestinationRule,
-    ("monitoring.coreos.com/v1", "PrometheusRule"): prometheus_operator_v1.PrometheusRule,
-    ("monitoring.coreos.com/v1", "PodMonitor"): prometheus_operator_v1.PodMonitor,
+# The CRD models by (apiVersion, kind): (module, class). Imported on first use: those modules define
+# thousands of pydantic classes (seconds to import), which collecting the other tiers should not pay.
+CRD_MODELS: dict[tuple[str, str], tuple[str, str]] = {
+    ("networking.istio.io/v1", "Gateway"): ("cloudcoil.models.istio.networking.v1", "Gateway"),
+    ("networking.istio.io/v1", "VirtualService"): ("cloudcoil.models.istio.networking.v1", "VirtualService"),
+    ("networking.istio.io/v1", "ServiceEntry"): ("cloudcoil.models.istio.networking.v1", "ServiceEntry"),
+    ("networking.istio.io/v1", "Sidecar"): ("cloudcoil.models.istio.networking.v1", "Sidecar"),
+    ("networking.istio.io/v1", "DestinationRule"): (
+        "cloudcoil.models.istio.networking.v1",
+        "DestinationRule",
+    ),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): (
+        "cloudcoil.models.prometheus_operator.v1",
+        "PrometheusRule",
+    ),
+    ("monitoring.coreos.com/v1", "PodMonitor"): ("cloudcoil.models.prometheus_operator.v1", "PodMonitor"),
 }
+
+
+def crd_model(key: tuple[str, str]) -> type[pydantic.BaseModel]:
+    """The CRD model of a (apiVersion, kind) in CRD_MODELS (Python caches the module once imported)."""
+    module, name = CRD_MODELS[key]
+    model: type[pydantic.BaseModel] = getattr(importlib.import_module(module), name)
+    return model
+
 
 KUSTOMIZE_KINDS = {
     ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
@@ -247,9 +262,10 @@ def check_document(file: Path, doc: dict[str, Any], kubernetes_version: str) -> 
     elif key == ("install.istio.io/v1alpha1", "IstioOperator"):
         check_istio_operator(file, doc, kubernetes_version)
         schema = "IstioOperator (istio/istio operator/pkg/apis/types.go)"
-    elif key in ISTIO_MODELS:
-        check_model(file, doc, ISTIO_MODELS[key])
-        schema = f"CRD model {ISTIO_MODELS[key].__module__}.{ISTIO_MODELS[key].__name__}"
+    elif key in CRD_MODELS:
+        model = crd_model(key)
+        check_model(file, doc, model)
+        schema = f"CRD model {model.__module__}.{model.__name__}"
     else:
         check_kubernetes(file, doc, kubernetes_version)
         schema = f"Kubernetes {kubernetes_version} (strict)"

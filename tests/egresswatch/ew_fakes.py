@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -61,16 +62,36 @@ HISTOGRAM_BUCKETS = (
 )
 
 
+class ManualClock:
+    """A clock that moves only when told: the counters of a FakeProxy on it grow by exactly the time a
+    test advances it, without waiting for real time to pass."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass
 class FakeProxy:
-    """An Envoy-like admin endpoint: GET /stats/prometheus renders the series at the time of the scrape."""
+    """An Envoy-like admin endpoint: GET /stats/prometheus renders the series at the time of the scrape
+    (the time of `clock`: real by default)."""
 
     name: str
     series: list[Series] = field(default_factory=list)
-    started: float = field(default_factory=time.time)
+    started: float | None = None  # when the proxy started (None: now)
     scrapes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = self.clock()
 
     @property
     def url(self) -> str:
@@ -83,7 +104,7 @@ class FakeProxy:
     def switch(self, series: list[Series]) -> None:
         """What a config push does to a proxy's counters: the old series stop growing (Envoy keeps them),
         the new ones start from 0 now."""
-        now = time.time()
+        now = self.clock()
         with self.lock:
             old = {s.key: Series(s.metric, s.labels, 0.0, now, self.value(s, now)) for s in self.series}
             for s in series:
@@ -93,7 +114,7 @@ class FakeProxy:
     def exposition(self) -> str:
         """Text format 0.0.4 as Envoy writes it: # TYPE per family, integer counters, and one request
         duration histogram (Envoy's default buckets) for the first HTTP series."""
-        now = time.time()
+        now = self.clock()
         elapsed = now - self.started
         with self.lock:
             series = list(self.series)
@@ -139,7 +160,10 @@ class FakeProxy:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        # shutdown() returns at the next poll: a short interval keeps each test's teardown short.
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
-from ew_fakes import FakeProxy
+from ew_fakes import FakeProxy, ManualClock
 from ewseries import SCENARIOS
 
 from egresswatch import exposition
 from egresswatch.cli import main
-from egresswatch.errors import EgressWatchError, SourceUnreachable
+from egresswatch.errors import SourceUnreachable
 from egresswatch.report import breakdown
 from egresswatch.source import METRICS
 from localmesh.stack.procs import free_port
@@ -25,16 +26,36 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture()
-def proxies() -> list[FakeProxy]:
+def proxies() -> Iterator[list[FakeProxy]]:
+    """The passthrough option's two proxies, up for a minute (as a running mesh's are): every counter is
+    already past 1, and grows on in real time between two scrapes."""
     scenario = SCENARIOS["passthrough"]()
-    started = [FakeProxy("gateway", scenario.gateway).start(), FakeProxy("sidecar", scenario.sidecar).start()]
+    up_since = time.time() - 60
+    started = [
+        FakeProxy("gateway", scenario.gateway, started=up_since).start(),
+        FakeProxy("sidecar", scenario.sidecar, started=up_since).start(),
+    ]
     yield started
     for p in started:
         p.stop()
 
 
+@pytest.fixture()
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture()
+def scratch(clock: ManualClock) -> Iterator[FakeProxy]:
+    """A proxy on the test's clock: its counters grow by exactly the time the test advances it."""
+    proxy = FakeProxy("scratch", clock=clock).start()
+    yield proxy
+    proxy.stop()
+
+
 def test_report_from_two_scrapes_has_the_same_rows_as_from_prometheus(capsys, proxies) -> None:
-    rc, out, err = run(capsys, "report", "--proxies", *(p.url for p in proxies), "--window", "2s", "--json")
+    # The shortest window egresswatch takes: the two scrapes are 1 s apart.
+    rc, out, err = run(capsys, "report", "--proxies", *(p.url for p in proxies), "--window", "1s", "--json")
     assert rc == 0, err
     data = json.loads(out)
     assert data["source"]["kind"] == "proxies" and data["source"]["method"] == "two-scrapes"
@@ -51,7 +72,6 @@ def test_report_from_two_scrapes_has_the_same_rows_as_from_prometheus(capsys, pr
 
 
 def test_since_start_counts_everything_and_has_no_rates(capsys, proxies) -> None:
-    time.sleep(1.1)  # let the fake counters pass 1 (they count 2 to 10 per second)
     rc, out, _ = run(
         capsys,
         "report",
@@ -68,20 +88,16 @@ def test_since_start_counts_everything_and_has_no_rates(capsys, proxies) -> None
     assert all(r["rate"] is None and r["count"] >= 1 for r in data["rows"])
 
 
-def test_breakdown_since_a_snapshot_sees_only_the_traffic_after_it(fake_proxy: FakeProxy) -> None:
+def test_breakdown_since_a_snapshot_sees_only_the_traffic_after_it(
+    scratch: FakeProxy, clock: ManualClock
+) -> None:
     """The demo's pattern: snapshot, switch the option, make traffic, then ask what happened since."""
-    fake_proxy.switch(SCENARIOS["passthrough"]().sidecar)
-    time.sleep(1.1)
-    fake_proxy.switch(SCENARIOS["blackhole"]().sidecar)  # passthrough series stop growing, as after a push
-    snapshot = exposition.scrape([fake_proxy.url], METRICS)
-    rows: list[dict] = []
-    deadline = time.monotonic() + 10
-    while not rows and time.monotonic() < deadline:
-        time.sleep(0.3)
-        try:
-            rows = breakdown([fake_proxy.url], namespace="recipes", baseline=snapshot)
-        except EgressWatchError:
-            rows = []  # nothing grew yet
+    scratch.switch(SCENARIOS["passthrough"]().sidecar)
+    clock.advance(1.1)  # every passthrough counter passes 1 (they count 2 to 10 per second)
+    scratch.switch(SCENARIOS["blackhole"]().sidecar)  # passthrough series stop growing, as after a push
+    snapshot = exposition.scrape([scratch.url], METRICS)
+    clock.advance(1.1)  # the blackhole option's traffic
+    rows = breakdown([scratch.url], namespace="recipes", baseline=snapshot)
     assert rows, "no traffic seen since the snapshot"
     assert {r["destination_service_name"] for r in rows} == {"BlackHoleCluster"}
     assert {r["response_code"] for r in rows if r["protocol"] == "http"} == {"502"}
@@ -94,7 +110,7 @@ def test_graph_from_proxies(capsys, proxies, tmp_path) -> None:
         "--proxies",
         *(p.url for p in proxies),
         "--window",
-        "2s",
+        "1s",
         "--out",
         str(tmp_path / "g.svg"),
         "--json",
@@ -108,7 +124,6 @@ def test_graph_from_proxies(capsys, proxies, tmp_path) -> None:
 
 def test_lockdown_and_suggest_from_proxies(capsys, proxies) -> None:
     urls = [p.url for p in proxies]
-    time.sleep(1.1)  # let the fake counters pass 1
     rc, out, _ = run(capsys, "lockdown-check", "--proxies", *urls, "--since-start")
     assert rc == 1 and "httpbin.org" in out
     rc, out, _ = run(capsys, "suggest", "--proxies", *urls, "--since-start")
@@ -123,23 +138,19 @@ def test_unreachable_proxy_is_named(capsys) -> None:
         breakdown([url], proxy_method="since-start")
 
 
-def test_api_snapshot_and_write_graph_for_one_demo_step(fake_proxy: FakeProxy, tmp_path) -> None:
+def test_api_snapshot_and_write_graph_for_one_demo_step(
+    scratch: FakeProxy, clock: ManualClock, tmp_path
+) -> None:
     from egresswatch import api
 
-    fake_proxy.switch(SCENARIOS["passthrough"]().sidecar)
-    time.sleep(0.5)
-    fake_proxy.switch([])  # the previous step's traffic has ended: its counters stop
-    snap = api.snapshot([fake_proxy.url])
-    fake_proxy.switch(SCENARIOS["serviceentry"]().sidecar)
-    graph = None
-    deadline = time.monotonic() + 10
-    while graph is None and time.monotonic() < deadline:
-        time.sleep(0.3)
-        try:
-            graph = api.write_graph([fake_proxy.url], tmp_path / "step.svg", baseline=snap)
-        except EgressWatchError:
-            graph = None  # nothing grew yet
-    assert graph is not None and graph.rates == "counts"
+    scratch.switch(SCENARIOS["passthrough"]().sidecar)
+    clock.advance(0.5)
+    scratch.switch([])  # the previous step's traffic has ended: its counters stop
+    snap = api.snapshot([scratch.url])
+    scratch.switch(SCENARIOS["serviceentry"]().sidecar)
+    clock.advance(1.1)  # this step's traffic: every serviceentry counter passes 1 (1 to 19 per second)
+    graph = api.write_graph([scratch.url], tmp_path / "step.svg", baseline=snap)
+    assert graph.rates == "counts"
     kinds = {n.kind for n in graph.nodes.values()}
     assert "ServiceEntry" in kinds and "PassthroughCluster" not in kinds
     assert (tmp_path / "step.svg").read_text().startswith("<svg")

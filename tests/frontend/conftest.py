@@ -13,7 +13,7 @@ import flask
 import functions_framework
 import pytest
 from pgserver import PostgresServer, missing_reason
-from recipes_testlib import FRONTEND, MAIN, FakeIdgen
+from recipes_testlib import FRONTEND, MAIN, SITE_IDGEN_TIMEOUT, FakeIdgen
 
 # As functions-framework does when it loads frontend/main.py: the unit tier imports recipesite directly.
 if str(FRONTEND) not in sys.path:
@@ -37,9 +37,17 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def site_env(monkeypatch: pytest.MonkeyPatch, db_path: Path, fake_idgen: FakeIdgen) -> dict[str, str]:
+def idgen_timeout() -> str:
+    """The site's IDGEN_TIMEOUT; a test parametrizes `idgen_timeout` to give another."""
+    return SITE_IDGEN_TIMEOUT
+
+
+@pytest.fixture
+def site_env(
+    monkeypatch: pytest.MonkeyPatch, db_path: Path, fake_idgen: FakeIdgen, idgen_timeout: str
+) -> dict[str, str]:
     """The environment the function reads at load time; monkeypatch restores everything afterwards."""
-    env = {"RECIPES_DB": str(db_path), "IDGEN_URL": fake_idgen.url, "IDGEN_TIMEOUT": "1"}
+    env = {"RECIPES_DB": str(db_path), "IDGEN_URL": fake_idgen.url, "IDGEN_TIMEOUT": idgen_timeout}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("RECIPES_SECRET", raising=False)

@@ -19,6 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FRONTEND = ROOT / "frontend"
 MAIN = FRONTEND / "main.py"
+# The site's IDGEN_TIMEOUT in the in-process tests: ample for the stand-in's instant answers on a
+# loaded machine; a test that waits it out (idgen hanging) sets a shorter one.
+SITE_IDGEN_TIMEOUT = "1"
 
 # mode -> (status, JSON body) for idgen's own error answers (its error codes and statuses).
 IDGEN_ERRORS: dict[str, tuple[int, dict[str, str]]] = {
@@ -78,6 +81,9 @@ class FakeIdgen:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body leave in two writes: with Nagle's algorithm the body waits for the
+            # client's delayed ACK (40 ms on Linux) on a kept-alive connection.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:  # keep test output quiet
                 pass
@@ -129,8 +135,9 @@ class FakeIdgen:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/id"
+        # shutdown() returns at the next poll: a short interval keeps each test's teardown short.
         self._thread = threading.Thread(
-            target=self.server.serve_forever, args=(0.05,), name="fake-idgen", daemon=True
+            target=self.server.serve_forever, args=(0.01,), name="fake-idgen", daemon=True
         )
 
     def start(self) -> FakeIdgen:
@@ -168,8 +175,9 @@ class BlockingSidecar:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/uuid"
+        # shutdown() returns at the next poll: a short interval keeps each test's teardown short.
         self._thread = threading.Thread(
-            target=self.server.serve_forever, args=(0.05,), name="blackhole", daemon=True
+            target=self.server.serve_forever, args=(0.01,), name="blackhole", daemon=True
         )
 
     def __enter__(self) -> BlockingSidecar:

@@ -116,6 +116,9 @@ class Seen:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so idgen's connection pooling is exercised
+    # Headers and body leave in two writes: with Nagle's algorithm the body waits for the
+    # client's delayed ACK (40 ms on Linux) on a kept-alive connection.
+    disable_nagle_algorithm = True
     timeout = 10  # idle keep-alive connections end on their own
 
     def version_string(self) -> str:  # the Server header
@@ -157,8 +160,9 @@ class Stub:
         self.httpd.release = threading.Event()  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        # shutdown() returns at the next poll: a short interval keeps each test's teardown short.
         self._thread = threading.Thread(
-            target=self.httpd.serve_forever, args=(0.05,), name=f"stub-{self.port}", daemon=True
+            target=self.httpd.serve_forever, args=(0.01,), name=f"stub-{self.port}", daemon=True
         )
         self._thread.start()
 

@@ -28,6 +28,7 @@ from proxy_testlib import (
     read_response,
     tables,
     value,
+    wait_for,
     with_addresses,
 )
 
@@ -385,9 +386,9 @@ def test_client_going_away_is_counted_as_dc(app):
     with sidecar(app) as proxy:
         with connect(proxy.outbound_port) as sock:
             sock.sendall(get("/slow?s=0.5"))
-            time.sleep(0.1)
-        time.sleep(0.6)
-        metrics = proxy.metrics()
+            assert wait_for(lambda: app.requests), "the request never reached the app"
+        # The client left while the app still held its request.
+        metrics = metrics_when(proxy, "istio_requests_total", response_code="0", response_flags="DC")
     assert value(metrics, "istio_requests_total", response_code="0", response_flags="DC") == 1
 
 
