@@ -26,6 +26,7 @@ from recipes_testlib import (
     problem,
 )
 from recipesite import tracing as site_tracing
+from trace_headers import TRACE_HEADERS
 
 from idgen import tracing as idgen_tracing
 
@@ -187,19 +188,6 @@ def test_healthz(client):
 
 
 # --- request ID and trace headers -----------------------------------------------------------------
-
-TRACE_HEADERS = {
-    "x-request-id": "5f7a1c1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b",
-    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-    "tracestate": "congo=t61rcWkgMzE",
-    "x-b3-traceid": "4bf92f3577b34da6a3ce929d0e0e4736",
-    "x-b3-spanid": "00f067aa0ba902b7",
-    "x-b3-parentspanid": "a3ce929d0e0e4736",
-    "x-b3-sampled": "1",
-    "x-b3-flags": "0",
-    "b3": "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
-    "x-ot-span-context": "4bf92f3577b34da6;00f067aa0ba902b7;0;sr",
-}
 
 
 def site_lines(err: str) -> list[dict]:

@@ -12,6 +12,7 @@ import threading
 import uuid
 
 import pytest
+from trace_headers import TRACE_HEADERS
 
 from idgen import settings
 from idgen.app import EXTENSION, create_app
@@ -230,21 +231,6 @@ def test_one_json_log_line_per_request(app_for, capsys):
 def test_log_line_carries_envoys_request_id(client, capsys):
     client.get("/healthz", headers={"x-request-id": "abc-123"})
     assert json.loads(capsys.readouterr().err)["request_id"] == "abc-123"
-
-
-# As a caller in the mesh sends them: a sidecar's request ID and both trace context formats.
-TRACE_HEADERS = {
-    "x-request-id": "5f7a1c1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b",
-    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-    "tracestate": "congo=t61rcWkgMzE",
-    "x-b3-traceid": "4bf92f3577b34da6a3ce929d0e0e4736",
-    "x-b3-spanid": "00f067aa0ba902b7",
-    "x-b3-parentspanid": "a3ce929d0e0e4736",
-    "x-b3-sampled": "1",
-    "x-b3-flags": "0",
-    "b3": "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
-    "x-ot-span-context": "4bf92f3577b34da6;00f067aa0ba902b7;0;sr",
-}
 
 
 def test_request_id_and_trace_headers_go_on_to_the_upstream(client, stub, capsys):
