@@ -957,8 +957,7 @@ def _gateway_route(table: RouteTable, listen_port: int) -> Resource:
 def _ingress_route(table: RouteTable, route: IngressRoute) -> Resource:
     match: Resource = {"path": route.path} if route.match == "exact" else {"prefix": route.path or "/"}
     path = route.path if route.match == "exact" else (route.path or "/") + "*"
-    _, _, port_host = route.cluster.split("|", 2)
-    port, _, host = port_host.partition("||")
+    _, port, _, host = route.cluster.split("|", 3)  # outbound|<port>|<subset>|<host>
     gw = table.proxy
     operation = f"{host}:{port}{path}"
     return {
