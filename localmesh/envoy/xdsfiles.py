@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from localmesh.envoy.bootstrap import CLUSTERS_FILE, LISTENERS_FILE
+from localmesh.envoy.bootstrap import CLUSTERS_FILE, LISTENERS_FILE, file_source
 from localmesh.pilot.xds import EnvoyResources, routes_file
 
 # Without an admin URL to ask, a step is given this long to be read (inotify reacts in milliseconds).
@@ -51,11 +51,7 @@ def _resolve_paths(node: Any, xds_dir: Path) -> Any:
     out = {key: _resolve_paths(value, xds_dir) for key, value in node.items()}
     source = out.get("path_config_source")
     if isinstance(source, dict) and not Path(source["path"]).is_absolute():
-        folder = str(xds_dir.resolve())
-        out["path_config_source"] = {
-            **source,
-            "path": str(Path(folder) / source["path"]),
-        }
+        out.update(file_source(xds_dir, source["path"]))
     return out
 
 

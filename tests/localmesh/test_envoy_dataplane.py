@@ -26,12 +26,14 @@ from localmesh.pilot.xds import EnvoyPorts, envoy_resources
 from localmesh.proxy.telemetry import HTTP_LABELS, TCP_LABELS
 from localmesh.stack.procs import free_port, running
 from tests.localmesh.proxy_testlib import (
+    ISTIO_LINE,
     App,
     closed_by_peer,
     connect,
     exchange,
     read_response,
     samples,
+    tables,
     wait_for,
 )
 
@@ -146,8 +148,6 @@ class Mesh:
     tables: dict[str, dict[str, RouteTable]] = field(default_factory=dict)
 
     def table(self, overlay: str, workload: str) -> RouteTable:
-        from tests.localmesh.proxy_testlib import tables
-
         if overlay not in self.tables:
             self.tables[overlay] = tables(overlay, self.book)
         return self.tables[overlay][workload]
@@ -178,8 +178,6 @@ def start_envoy(stack: ExitStack, tmp: Path, table: RouteTable, ports: EnvoyPort
 
 @pytest.fixture(scope="module")
 def mesh(httpbin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    from tests.localmesh.proxy_testlib import tables
-
     tmp = tmp_path_factory.mktemp("envoy")
     httpbin_port = int(httpbin_url.rsplit(":", 1)[1])
     inbound, outbound, gateway = free_port(), free_port(), free_port()
@@ -232,6 +230,26 @@ def test_passthrough_forwards_and_names_the_host(mesh: Mesh):
     # Histograms reach the admin page at Envoy's stats flush (every 5 s by default).
     histogram = {**series, "le": "+Inf"}
     assert wait_count(mesh.sidecar, "istio_request_duration_milliseconds_bucket", histogram, 1) >= 1
+
+
+# The Python proxies' line, but Envoy knows its upstream local address (they log "-").
+ENVOY_LINE = re.compile(ISTIO_LINE.pattern.replace(r"(?P<cluster>\S+) - ", r"(?P<cluster>\S+) \S+ "))
+
+
+def test_the_access_log_is_istios_text_format(mesh: Mesh):
+    mesh.switch("passthrough")
+    marker = f"log-check-{time.monotonic_ns()}"
+    assert mesh.sidecar.ports.outbound is not None
+    request = f"GET http://httpbin.org/get HTTP/1.1\r\nHost: httpbin.org\r\nUser-Agent: {marker}\r\n\r\n"
+    assert exchange(mesh.sidecar.ports.outbound[1], request.encode())[0] == 200
+
+    def line() -> re.Match[str] | None:
+        found = [x for x in mesh.sidecar.log.read_text(errors="replace").splitlines() if marker in x]
+        return ENVOY_LINE.match(found[0]) if found else None
+
+    match = wait_for(line, timeout=10)
+    assert match is not None, mesh.sidecar.log.read_text(errors="replace")[-2000:]
+    assert (match["code"], match["cluster"], match["route"]) == ("200", "PassthroughCluster", "allow_any")
 
 
 def test_passthrough_destination_service_is_the_raw_host_with_its_port(mesh: Mesh):
@@ -336,6 +354,8 @@ def test_gateway_routes_to_the_sidecar_with_peer_identity(mesh: Mesh):
     assert_no_internal_headers(headers)
     seen = mesh.app.requests[-1]["headers"]
     assert_no_internal_headers(seen)
+    # Envoy >= 1.33 treats no address as internal unless told, and Istio tells it none by default.
+    assert seen["x-envoy-external-address"] == LOCAL
     assert seen["x-forwarded-client-cert"] == f"By={IDGEN_PRINCIPAL};URI={GATEWAY_PRINCIPAL}"
     gateway_workload = {
         "workload": "istio-ingressgateway",
