@@ -254,13 +254,7 @@ def _strip_upstream(*headers: str) -> Resource:
 
 def _blackhole_cluster() -> Resource:
     """BlackHoleCluster: STATIC with no endpoints (cluster_builder.go buildBlackHoleCluster)."""
-    return _typed(
-        "envoy.config.cluster.v3.Cluster",
-        name=BLACKHOLE,
-        type="STATIC",
-        connect_timeout="10s",
-        load_assignment={"cluster_name": BLACKHOLE},
-    )
+    return _typed("envoy.config.cluster.v3.Cluster", name=BLACKHOLE, type="STATIC", connect_timeout="10s")
 
 
 def _static_cluster(name: str, endpoint: tuple[str, int], metadata: Resource | None = None) -> Resource:
@@ -530,10 +524,13 @@ _NOT_CONNECT_FILTER = {
 
 
 def _vhost_domains(names: Iterable[str], port: int) -> list[str]:
-    """A service's names with and without the port (httproute.go generateVirtualHostDomains)."""
+    """A service's names with the port, and without it for port 80 (what a Host header without a port
+    means). pilot's http_proxy routes list both forms (httproute.go generateVirtualHostDomains with
+    listenerPort 0); its per-port listeners let it ignore the port elsewhere, the single HTTP_PROXY
+    listener here cannot (docs/envoy-dataplane.md)."""
     out: list[str] = []
     for name in names:
-        for domain in (name, f"{name}:{port}"):
+        for domain in (name, f"{name}:{port}") if port == 80 else (f"{name}:{port}",):
             if domain not in out:
                 out.append(domain)
     return out
@@ -959,19 +956,16 @@ def _gateway_route(table: RouteTable, listen_port: int) -> Resource:
         for host in route.hosts:
             by_host.setdefault(host, []).append(_ingress_route(table, route))
     vhosts = [
-        {
-            "name": f"{host}:80",
-            "domains": ["*"] if host == "*" else [host, f"{host}:*"],
-            "routes": routes,
-            "include_request_attempt_count": True,
-        }
+        {"name": f"{host}:80", "domains": [host], "routes": routes, "include_request_attempt_count": True}
         for host, routes in by_host.items()
     ]
+    # gateway.go: with no virtual host, one "blackhole:<port>" without routes (404 NR to all).
     return _typed(
         "envoy.config.route.v3.RouteConfiguration",
         name=f"http.{listen_port}",
-        virtual_hosts=vhosts,
+        virtual_hosts=vhosts or [{"name": "blackhole:80", "domains": ["*"], "routes": []}],
         validate_clusters=False,
+        ignore_port_in_host_matching=True,
     )
 
 

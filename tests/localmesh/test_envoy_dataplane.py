@@ -320,6 +320,8 @@ def test_serviceentry_other_hosts_are_still_blocked(mesh: Mesh):
     mesh.switch("serviceentry")
     status, _, body = via_sidecar(mesh, "http://example.com/", "example.com")
     assert (status, body) == (502, b"")
+    # The entry's host on a port it does not list is not registered either.
+    assert via_sidecar(mesh, "http://httpbin.org:8080/get", "httpbin.org:8080")[0] == 502
     series = outbound_http("example.com", "BlackHoleCluster", "unknown", "502")
     assert wait_count(mesh.sidecar, "istio_requests_total", series, 1) >= 1
 
