@@ -597,10 +597,13 @@ def _mesh_vhost(svc: MeshServiceRoute) -> Resource:
     name = cluster_name(svc.host, svc.port)
     service = Service(svc.host, svc.name, svc.namespace)
     meta = _destination_metadata(service, _unknown_workload(), host_is_service=False)
+    route = _cluster_route(DEFAULT_ROUTE, name, meta)
+    # The answering sidecar's identity headers stop here: the app never sees them.
+    route["response_headers_to_remove"] = [*MX_HEADERS, *PEER_HEADERS]
     return {
         "name": f"{svc.host}:{svc.port}",
         "domains": _vhost_domains((svc.host, *svc.aliases), svc.port),
-        "routes": [_cluster_route(DEFAULT_ROUTE, name, meta)],
+        "routes": [route],
         "include_request_attempt_count": True,
     }
 
