@@ -18,8 +18,9 @@ from localmesh.pilot.routes import RouteTable
 from localmesh.pilot.xds import GATEWAY, SIDECAR
 
 ISTIO_VERSION = "1.31.0"
-_DOWNSTREAM_CONNECTIONS = "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
-_INTERNAL_LISTENER = "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+_T = "type.googleapis.com/envoy.extensions."
+_DOWNSTREAM_CONNECTIONS = _T + "resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+_INTERNAL_LISTENER = _T + "bootstrap.internal_listener.v3.InternalListener"
 CLUSTERS_FILE = "cds.json"
 LISTENERS_FILE = "lds.json"
 # Envoy flushes its access log file every --file-flush-interval-msec; one second keeps
