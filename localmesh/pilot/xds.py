@@ -560,6 +560,10 @@ def _cluster_route(
     added = list(headers)
     if added:
         route["request_headers_to_add"] = added
+    if cluster == PASSTHROUGH:
+        # Only the route says where PassthroughCluster connects: a client's own header is dropped
+        # (Envoy removes before it adds).
+        route["request_headers_to_remove"] = [ORIGINAL_DST_HEADER]
     return route
 
 
