@@ -209,10 +209,6 @@ def _retry(retry_on: str) -> Resource:
     return policy
 
 
-def _unknown_if_empty(value: str) -> str:
-    return value or "unknown"
-
-
 # --------------------------------------------------------------------------------------------------
 # Clusters (pilot/pkg/networking/core/cluster.go, cluster_builder.go)
 
@@ -600,7 +596,7 @@ def _unique_domains(vhosts: list[Resource]) -> list[Resource]:
 def _mesh_vhost(svc: MeshServiceRoute) -> Resource:
     name = cluster_name(svc.host, svc.port)
     service = Service(svc.host, svc.name, svc.namespace)
-    meta = _destination_metadata(service, _unknown_workload(), host_is_service=False)
+    meta = _destination_metadata(service, Workload(), host_is_service=False)
     route = _cluster_route(DEFAULT_ROUTE, name, meta)
     # The answering sidecar's identity headers stop here: the app never sees them.
     route["response_headers_to_remove"] = [*MX_HEADERS, *PEER_HEADERS]
@@ -610,10 +606,6 @@ def _mesh_vhost(svc: MeshServiceRoute) -> Resource:
         "routes": [route],
         "include_request_attempt_count": True,
     }
-
-
-def _unknown_workload() -> Workload:
-    return Workload()
 
 
 def _service_entry_workload(entry: ServiceEntryRoute) -> Workload:
