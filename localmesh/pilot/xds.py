@@ -482,32 +482,32 @@ ACCESS_LOG_FORMAT = (
 )
 
 
-def _stdout_logger() -> Resource:
-    return _filter(
+def _stdout_logger(log_filter: Resource | None = None) -> Resource:
+    logger = _filter(
         "envoy.access_loggers.stdout",
         "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
         log_format={"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
     )
+    if log_filter:
+        logger["filter"] = log_filter
+    return logger
+
+
+def _cel_filter(expression: str) -> Resource:
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": _typed(
+                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
+            ),
+        }
+    }
 
 
 # CONNECT tunnels are TCP edges: the HCM records them, except blackholed ones (their internal
-# tcp_proxy does, as Istio's).
-_CONNECT_FILTER = {
-    "and_filter": {
-        "filters": [
-            {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "CONNECT"}}}},
-            {
-                "extension_filter": {
-                    "name": "envoy.access_loggers.extension_filters.cel",
-                    "typed_config": _typed(
-                        "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                        expression=f"xds.route_name != '{BLOCK_ALL_VHOST}'",
-                    ),
-                }
-            },
-        ]
-    }
-}
+# tcp_proxy does, as Istio's); it logs everything else, and the tunnel's tcp_proxy that one.
+_CONNECT_FILTER = _cel_filter(f"request.method == 'CONNECT' && xds.route_name != '{BLOCK_ALL_VHOST}'")
+_NOT_BLACKHOLED_CONNECT = _cel_filter(f"request.method != 'CONNECT' || xds.route_name != '{BLOCK_ALL_VHOST}'")
 _NOT_CONNECT_FILTER = {
     "header_filter": {
         "header": {"name": ":method", "string_match": {"exact": "CONNECT"}, "invert_match": True}
@@ -806,7 +806,7 @@ def _outbound_listener(table: RouteTable, addr: tuple[str, int]) -> Resource:
         f"outbound_{addr[0]}_{addr[1]}",
         HTTP_PROXY_ROUTE,
         [
-            _stdout_logger(),
+            _stdout_logger(_NOT_BLACKHOLED_CONNECT),
             _http_stats_logger(http, _NOT_CONNECT_FILTER),
             _tcp_stats_logger(tcp, _CONNECT_FILTER),
         ],
