@@ -435,7 +435,7 @@ def _http_stats_logger(formats: Mapping[str, str], log_filter: Resource | None =
         "envoy.access_loggers.stats",
         "envoy.extensions.access_loggers.stats.v3.Config",
         # Envoy's prometheus output prefixes "envoy_": envoy_istio_requests_total (see the docs).
-        stat_prefix="istio",
+        stats_scope={"prefix": "istio"},
         counters=[{"stat": {"name": "requests_total", "tags": tags}, "value_fixed": 1}],
         histograms=[
             histogram("request_duration_milliseconds", "Milliseconds", "%DURATION%"),
@@ -454,7 +454,7 @@ def _tcp_stats_logger(formats: Mapping[str, str], log_filter: Resource | None = 
     logger = _filter(
         "envoy.access_loggers.stats",
         "envoy.extensions.access_loggers.stats.v3.Config",
-        stat_prefix="istio",
+        stats_scope={"prefix": "istio"},
         counters=[
             {"stat": {"name": "tcp_connections_opened_total", "tags": tags}, "value_fixed": 1},
             {"stat": {"name": "tcp_connections_closed_total", "tags": tags}, "value_fixed": 1},
