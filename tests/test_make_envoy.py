@@ -93,6 +93,10 @@ def test_make_demo_on_envoy_gives_the_three_verdicts(tmp_path: Path) -> None:
     assert make("status", env=env).returncode != 0  # it stopped the stack it started
 
 
+# What `apply` prints for each Envoy: the version it runs now, and how long that took.
+DELIVERED = r"delivered to (\S+) \(version \S+\): Envoy runs it [0-9.]+ s after the xDS write began"
+
+
 class EnvoyStack:
     """A stack `make up DATAPLANE=envoy` started on free ports."""
 
@@ -161,9 +165,7 @@ def test_apply_switches_envoy_live_with_no_restart_and_no_failed_request(envoy_s
         delivered = []
         for option in ("serviceentry", "passthrough", "serviceentry", "passthrough"):
             done = ok(make("apply", f"OPTION={option}", env=envoy_stack.env))
-            delivered += re.findall(
-                r"delivered to (\S+) \(version \S+\): Envoy runs it [0-9.]+ s after", done.stdout
-            )
+            delivered += re.findall(DELIVERED, done.stdout)
     finally:
         stop.set()
         loop.join(30)

@@ -158,7 +158,7 @@ def deliver_to_envoy(paths: Paths, tables: dict[str, RouteTable], ports: Ports) 
             )
         lines.append(
             f"delivered to {name} (version {wanted}): Envoy runs it "
-            f"{time.monotonic() - started:.2f} s after the write"
+            f"{time.monotonic() - started:.2f} s after the xDS write began"
         )
     return lines
 
