@@ -132,7 +132,7 @@ def test_status_says_envoy_and_reads_the_version_envoy_runs(envoy_stack: EnvoySt
     # Asking the running stack for the other data plane says what to do instead of half-obeying.
     other = make("up", "DATAPLANE=python", env=envoy_stack.env)
     assert (
-        other.returncode == 1 and "uses the envoy data plane" in other.stderr and "make down" in other.stderr
+        other.returncode != 0 and "uses the envoy data plane" in other.stderr and "make down" in other.stderr
     )
 
 
