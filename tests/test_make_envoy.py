@@ -6,10 +6,13 @@ in test_make_targets.py, whose helpers these are."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,7 +132,18 @@ def test_status_says_envoy_and_reads_the_version_envoy_runs(envoy_stack: EnvoySt
     assert "data plane: envoy" in status
     assert len(re.findall(r"config: \S+ runs \S+: SYNCED with the applied config", status)) == 2, status
     assert {info["state"] for info in server_info(envoy_stack.ports).values()} == {"LIVE"}
+    # `localmesh push`, the hint status gives on DRIFT, writes the xDS files again.
+    push = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "localmesh"), "push"],
+        cwd=ROOT,
+        env=envoy_stack.env,
+        capture_output=True,
+        text=True,
+    )
+    assert push.returncode == 0 and len(re.findall(DELIVERED, push.stdout)) == 2, push
     # Asking the running stack for the other data plane says what to do instead of half-obeying.
+    demo = make("demo-passthrough", "DATAPLANE=python", env=envoy_stack.env)
+    assert demo.returncode != 0 and "uses the envoy data plane, not python" in demo.stderr, demo.stderr
     other = make("up", "DATAPLANE=python", env=envoy_stack.env)
     assert (
         other.returncode != 0 and "uses the envoy data plane" in other.stderr and "make down" in other.stderr
@@ -175,6 +189,26 @@ def test_apply_switches_envoy_live_with_no_restart_and_no_failed_request(envoy_s
     assert envoy_stack.children() == before  # nothing restarted
     status = ok(make("status", env=envoy_stack.env)).stdout
     assert re.search(r"egress option: .*: option passthrough", status) and status.count("SYNCED") == 2
+
+
+@needs_envoy
+def test_a_crashed_envoy_comes_back_with_the_applied_config(envoy_stack: EnvoyStack) -> None:
+    """The supervisor restarts a killed Envoy from its bootstrap and the current xDS files."""
+    ok(make("apply", "OPTION=serviceentry", env=envoy_stack.env))
+    old = envoy_stack.children()["sidecar"]
+    os.killpg(old, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = read_state(Paths(envoy_stack.state))
+        if found and found.children["sidecar"] != old and found.phase == "ready":
+            break
+        time.sleep(0.2)
+    assert envoy_stack.children()["sidecar"] != old, "the sidecar was not restarted"
+    assert requests.get(f"http://127.0.0.1:{envoy_stack.ports.gateway}/id", timeout=10).status_code == 200
+    status = ok(make("status", env=envoy_stack.env)).stdout
+    assert re.search(r"egress option: .*: option serviceentry", status) and status.count("SYNCED") == 2, (
+        status
+    )
 
 
 @needs_envoy
