@@ -139,6 +139,7 @@ def test_status_says_envoy_and_reads_the_version_envoy_runs(envoy_stack: EnvoySt
         env=envoy_stack.env,
         capture_output=True,
         text=True,
+        timeout=120,
     )
     assert push.returncode == 0 and len(re.findall(DELIVERED, push.stdout)) == 2, push
     # Asking the running stack for the other data plane says what to do instead of half-obeying.
