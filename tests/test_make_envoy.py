@@ -190,6 +190,18 @@ def test_apply_switches_envoy_live_with_no_restart_and_no_failed_request(envoy_s
     assert envoy_stack.children() == before  # nothing restarted
     status = ok(make("status", env=envoy_stack.env)).stdout
     assert re.search(r"egress option: .*: option passthrough", status) and status.count("SYNCED") == 2
+    # egresswatch reading the Envoys themselves (no Prometheus) finds Istio's names for both options.
+    admins = " ".join(admin_urls(envoy_stack.ports).values())
+    cmd = f".venv/bin/egresswatch report --proxies {admins} --since-start"
+    report = subprocess.run(
+        ["bash", "-c", cmd], cwd=ROOT, env=envoy_stack.env, capture_output=True, text=True, timeout=120
+    )
+    assert report.returncode == 0, report
+    rows = [line.split() for line in report.stdout.splitlines() if line.startswith("idgen.recipes ")]
+    assert {(row[1], row[2]) for row in rows} >= {
+        ("httpbin.org", "PassthroughCluster"),
+        ("httpbin.org", "ServiceEntry"),
+    }, report.stdout
 
 
 @needs_envoy
