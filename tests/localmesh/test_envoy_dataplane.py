@@ -213,7 +213,11 @@ def assert_no_internal_headers(headers: dict[str, Any]) -> None:
 
 
 def wait_count(proxy: Proxy, name: str, labels: dict[str, str], at_least: float) -> float:
-    return float(wait_for(lambda: (n := proxy.count(name, labels)) >= at_least and n, timeout=10) or 0)
+    """The series' value once it reaches at_least; on a timeout, fails naming the series there are."""
+    found = float(wait_for(lambda: (n := proxy.count(name, labels)) >= at_least and n, timeout=10) or 0)
+    others = [lbls for lbls, _ in samples(proxy.metrics(), name)]
+    assert found >= at_least, f"no {name} {labels}; there are: {others}"
+    return found
 
 
 # --- option 1: passthrough ----------------------------------------------------------------------
@@ -316,6 +320,8 @@ def test_serviceentry_other_hosts_are_still_blocked(mesh: Mesh):
     mesh.switch("serviceentry")
     status, _, body = via_sidecar(mesh, "http://example.com/", "example.com")
     assert (status, body) == (502, b"")
+    # The entry's host on a port it does not list is not registered either.
+    assert via_sidecar(mesh, "http://httpbin.org:8080/get", "httpbin.org:8080")[0] == 502
     series = outbound_http("example.com", "BlackHoleCluster", "unknown", "502")
     assert wait_count(mesh.sidecar, "istio_requests_total", series, 1) >= 1
 
@@ -408,6 +414,27 @@ def test_gateway_routes_to_the_sidecar_with_peer_identity(mesh: Mesh):
 def test_gateway_answers_404_without_a_route_and_426_to_http10(mesh: Mesh):
     assert gateway_get(mesh, "/nope")[0] == 404
     assert gateway_get(mesh, "/id", "1.0")[0] == 426
+    no_route = http_series(
+        reporter="source",
+        source_workload="istio-ingressgateway",
+        source_canonical_service="istio-ingressgateway",
+        source_canonical_revision="latest",
+        source_workload_namespace="istio-system",
+        source_principal=GATEWAY_PRINCIPAL,
+        source_app="istio-ingressgateway",
+        source_version="",
+        source_cluster="Kubernetes",
+        **UNKNOWN_DESTINATION,
+        destination_service="unknown",
+        destination_service_name="unknown",
+        destination_service_namespace="unknown",
+        request_protocol="http",
+        response_code="404",
+        grpc_response_status="",
+        response_flags="NR",
+        connection_security_policy="unknown",
+    )
+    assert wait_count(mesh.gateway, "istio_requests_total", no_route, 1) >= 1
 
 
 # --- hot reload -----------------------------------------------------------------------------------
