@@ -256,6 +256,18 @@ def test_the_access_log_is_istios_text_format(mesh: Mesh):
     assert (match["code"], match["cluster"], match["route"]) == ("200", "PassthroughCluster", "allow_any")
 
 
+def test_a_client_cannot_choose_where_passthrough_connects(mesh: Mesh):
+    mesh.switch("passthrough")
+    assert mesh.sidecar.ports.outbound is not None
+    httpbin = f"{LOCAL}:{mesh.book['httpbin.org:80'][1]}"
+    request = (
+        f"GET http://unknown.example/get HTTP/1.1\r\nHost: unknown.example\r\n"
+        f"x-envoy-original-dst-host: {httpbin}\r\nConnection: close\r\n\r\n"
+    )
+    status, headers, _, _ = exchange(mesh.sidecar.ports.outbound[1], request.encode())
+    assert (status, headers["server"]) == (503, "envoy")  # no address for that host: UH
+
+
 def test_passthrough_destination_service_is_the_raw_host_with_its_port(mesh: Mesh):
     mesh.switch("passthrough")
     status, _, _ = via_sidecar(mesh, "http://httpbin.org:80/get", "httpbin.org:80")

@@ -20,7 +20,7 @@ from localmesh.pilot.xds import EnvoyPorts, EnvoyResources, envoy_resources
 from localmesh.proxy.peer_metadata import Identity
 from localmesh.proxy.telemetry import HTTP_LABELS, TCP_LABELS
 from localmesh.stack.procs import free_port
-from tests.localmesh.proxy_testlib import tables
+from tests.localmesh.proxy_testlib import closed_port, tables
 
 IDGEN = "idgen.recipes.svc.cluster.local"
 BOOK = {f"{IDGEN}:80": ("127.0.0.1", 15006), "httpbin.org:80": ("127.0.0.1", 18080)}
@@ -216,8 +216,10 @@ def test_a_platform_without_a_wheel_is_named(tmp_path: Path, monkeypatch: pytest
 
 
 def test_files_are_written_with_stale_clusters_pruned(tmp_path: Path):
-    write_resources(tmp_path, sidecar("serviceentry"))
-    write_resources(tmp_path, sidecar("blackhole"))
+    # No Envoy answers at that admin address (a closed port): nothing to wait for.
+    admin = f"http://127.0.0.1:{closed_port()}"
+    write_resources(tmp_path, sidecar("serviceentry"), admin)
+    write_resources(tmp_path, sidecar("blackhole"), admin)
     clusters = {c["name"] for c in json.loads((tmp_path / "cds.json").read_text())["resources"]}
     assert "outbound|80||httpbin.org" not in clusters and "BlackHoleCluster" in clusters
     listeners = json.loads((tmp_path / "lds.json").read_text())
