@@ -569,7 +569,7 @@ def _http_proxy_route(table: RouteTable) -> Resource:
     buildCatchAllVirtualHost)."""
     vhosts: list[Resource] = []
     for svc in table.mesh_services:
-        vhosts.append(_mesh_vhost(svc))
+        vhosts.append(_mesh_vhost(table, svc))
     vhosts.extend(_service_entry_vhost(table, entry) for entry in table.service_entries)
     vhosts.append(_catch_all_vhost(table))
     return _typed(
@@ -593,12 +593,18 @@ def _unique_domains(vhosts: list[Resource]) -> list[Resource]:
     return out
 
 
-def _mesh_vhost(svc: MeshServiceRoute) -> Resource:
+def _mesh_vhost(table: RouteTable, svc: MeshServiceRoute) -> Resource:
     name = cluster_name(svc.host, svc.port)
     service = Service(svc.host, svc.name, svc.namespace)
     meta = _destination_metadata(service, Workload(), host_is_service=False)
     route = _cluster_route(DEFAULT_ROUTE, name, meta)
-    # The answering sidecar's identity headers stop here: the app never sees them.
+    # A mesh peer learns who calls (as from the gateway); its own identity headers stop here, so the
+    # app never sees them.
+    route["request_headers_to_remove"] = [*MX_HEADERS, *PEER_HEADERS]
+    route["request_headers_to_add"] = [
+        *_mx_headers(table.proxy, SIDECAR),
+        *_peer_identity_headers(table.proxy),
+    ]
     route["response_headers_to_remove"] = [*MX_HEADERS, *PEER_HEADERS]
     return {
         "name": f"{svc.host}:{svc.port}",
