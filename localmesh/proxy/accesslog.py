@@ -53,7 +53,6 @@ _DETAILS = {
     "UC": "upstream_reset_before_response_started{connection_termination}",
     "UPE": "upstream_reset_before_response_started{protocol_error}",
     "DC": "downstream_remote_disconnect",
-    "URX": "via_upstream",
 }
 
 

@@ -10,8 +10,11 @@ behaviours imitated here, with their sources:
 - absolute-form requests rewritten to origin-form with Host from the URL (RFC 7230 5.7, envoy
   http1 codec `handlePath`);
 - Istio's default retry policy on client-side routes except the passthrough route: 2 retries on
-  connect-failure and on a 503 response (istio pilot/pkg/networking/core/route/retry DefaultPolicy;
-  httproute.go buildCatchAllVirtualHost has no retry policy); flags "URX" when the retries run out;
+  connect-failure (the other conditions of `defaultRetryOn`, refused-stream, unavailable and
+  cancelled, are HTTP/2 and gRPC ones) and on no status code: a 503 goes straight back (istio/istio
+  pilot/pkg/networking/core/route/retry/retry.go `defaultRetryOn`, no RetriableStatusCodes since
+  1.24; httproute.go buildCatchAllVirtualHost has no retry policy); flags "URX" when the retries
+  run out;
 - local reply bodies and flags: 503 "upstream connect error or disconnect/reset before headers.
   [retried and the latest ]reset reason: ..., transport failure reason: ..." (UF/URX,UF/UC/UPE),
   503 "no healthy upstream" (UH), 504 "upstream request timeout" (UT), 404 NR with no body,
@@ -122,7 +125,6 @@ class Exchange:
         "conn_tokens",
         "content_length",
         "decision_cluster",
-        "discarding",
         "done",
         "down",
         "down_md",
@@ -202,7 +204,6 @@ class Exchange:
         self.decision_cluster = ""
         self.can_retry = False
         self.attempts = 0
-        self.discarding = False
         self.sent_at = 0.0
         self.resp_started = False
         self.resp_chunked = False
@@ -563,28 +564,15 @@ class Exchange:
         asyncio.get_running_loop().call_later(delay, self._retry)
 
     def _retry(self) -> None:
-        if self.done:
-            return
-        if self.written:
-            # Resend the whole body that was already sent once (kept in the retry buffer).
-            self.pending = list(self.replay or ())
-            self.pending_size = self.replay_size
-            self.written = False
-        self._acquire()
-
-    def _may_retry_response(self) -> bool:
-        return self.can_retry and self.attempts < RETRIES and self.req_complete and self.replay is not None
+        # Retries follow a failed connect only: nothing was written, the body still waits in pending.
+        if not self.done:
+            self._acquire()
 
     # --- response side (called by the upstream connection) ---------------------------------------
 
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         if self.done:
             return
-        if status == 503 and self._may_retry_response():
-            self.discarding = True
-            return
-        if status == 503 and self.can_retry and self.attempts >= RETRIES:
-            self.flags = "URX"
         listener = self.listener
         kind = listener.kind
         now = time.monotonic()
@@ -643,7 +631,7 @@ class Exchange:
         self._write(b"".join(out))
 
     def response_body(self, data: bytes) -> None:
-        if self.discarding or self.done or not data:
+        if self.done or not data:
             return
         self._write(http1.chunk(data) if self.resp_chunked else data)
 
@@ -656,10 +644,6 @@ class Exchange:
                 conn.close()
         if self.done:
             return
-        if self.discarding:
-            self.discarding = False
-            self._schedule_retry()
-            return
         if self.resp_chunked:
             self._write(LAST_CHUNK)
         self.finish()
@@ -668,10 +652,7 @@ class Exchange:
         self.upstream = None
         if self.done:
             return
-        if self.discarding:
-            self.discarding = False
-            self._schedule_retry()
-        elif self.resp_started:
+        if self.resp_started:
             # The upstream went away mid-response: the client's connection is reset too.
             self.flags = "UC"
             self.close_after = True

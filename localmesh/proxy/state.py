@@ -54,8 +54,9 @@ class Listener:
 
     @property
     def retries(self) -> bool:
-        # Istio's default retry policy (2 retries on connect-failure and 503) is on client-side
-        # routes (gateway and sidecar outbound), not on the inbound route nor the passthrough route.
+        # Istio's default retry policy (2 retries on connect-failure, no status code) is on
+        # client-side routes (gateway and sidecar outbound), not on the inbound route nor the
+        # passthrough route.
         return self.kind != "inbound"
 
 

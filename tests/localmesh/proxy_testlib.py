@@ -247,6 +247,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"slow")
         elif url.path.startswith("/status/"):
             self._send(int(url.path.rsplit("/", 1)[1]), b"")
+        elif "status" in query:
+            # Any path (the gateway routes /id only) answers with the status asked for.
+            self._send(int(query["status"][0]), b"")
         elif url.path == "/drop":
             # Close the connection without answering.
             self.close_connection = True

@@ -356,13 +356,25 @@ def test_refused_serviceentry_upstream_is_retried_then_503_urx_uf(app):
     assert value(metrics, "istio_requests_total", response_code="503", response_flags="URX,UF") == 1
 
 
-def test_503_from_a_serviceentry_upstream_is_retried_twice_as_istio_default_policy(app):
+def test_503_from_a_serviceentry_upstream_goes_straight_back_as_istio_default_policy(app):
+    """Istio's default retry policy retries no status code since 1.24 (istio/istio
+    pilot/pkg/networking/core/route/retry/retry.go defaultRetryOn): one attempt, no URX."""
     with sidecar(app, "serviceentry") as proxy:
         status, _, _, _ = exchange(proxy.outbound_port, get("/status/503"))
         metrics = proxy.metrics()
     assert status == 503
-    assert [r["headers"]["x-envoy-attempt-count"] for r in app.requests] == ["1", "2", "3"]
-    assert value(metrics, "istio_requests_total", response_code="503", response_flags="URX") == 1
+    assert [r["headers"]["x-envoy-attempt-count"] for r in app.requests] == ["1"]
+    assert value(metrics, "istio_requests_total", response_code="503", response_flags="-") == 1
+
+
+def test_503_from_idgen_goes_through_the_gateway_once(app):
+    table = tables("passthrough", {"idgen.recipes.svc.cluster.local:80": app.address})["istio-ingressgateway"]
+    with BackgroundProxy("gateway", table) as gateway:
+        status = exchange(gateway.listen_port, b"GET /id?status=503 HTTP/1.1\r\nHost: site\r\n\r\n")[0]
+        metrics = gateway.metrics()
+    assert status == 503
+    assert [r["headers"]["x-envoy-attempt-count"] for r in app.requests] == ["1"]
+    assert value(metrics, "istio_requests_total", response_code="503", response_flags="-") == 1
 
 
 def test_503_through_passthrough_is_not_retried(app):
