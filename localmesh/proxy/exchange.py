@@ -14,7 +14,10 @@ behaviours imitated here, with their sources:
   cancelled, are HTTP/2 and gRPC ones) and on no status code: a 503 goes straight back (istio/istio
   pilot/pkg/networking/core/route/retry/retry.go `defaultRetryOn`, no RetriableStatusCodes since
   1.24; httproute.go buildCatchAllVirtualHost has no retry policy); flags "URX" when the retries
-  run out;
+  run out; the inbound route retries twice on reset-before-request, which on an HTTP/1.1 upstream
+  (the request is written as soon as the connection is up) is a failed connect to the app, e.g. an
+  app not yet listening (istio/istio pilot/pkg/networking/core/route/route.go
+  BuildDefaultHTTPInboundRoute); an app resetting a connection it accepted is not retried (UC);
 - local reply bodies and flags: 503 "upstream connect error or disconnect/reset before headers.
   [retried and the latest ]reset reason: ..., transport failure reason: ..." (UF/URX,UF/UC/UPE),
   503 "no healthy upstream" (UH), 504 "upstream request timeout" (UT), 404 NR with no body,
@@ -383,6 +386,7 @@ class Exchange:
         if kind == "inbound":
             self.address = state.app
             self.service = state.service
+            self.can_retry = True  # reset-before-request
         elif kind == "gateway":
             decision = decide_ingress(table, authority.decode("latin-1"), path.decode("latin-1"))
             if decision is None:
@@ -413,7 +417,7 @@ class Exchange:
         self.service = decision.service
         self.decision_cluster = decision.cluster
         self.address = decision.upstream
-        self.can_retry = self.listener.retries and decision.cluster != PASSTHROUGH
+        self.can_retry = decision.cluster != PASSTHROUGH
         self.mtls_upstream = _mesh_service(decision.service)
 
     def _expects_continue(self) -> bool:
@@ -547,7 +551,9 @@ class Exchange:
     def _attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
         conn.begin(self, self.head_request)
-        attempt = b"x-envoy-attempt-count: %d\r\n" % (self.attempts + 1) if self.listener.retries else b""
+        attempt = b""
+        if self.listener.attempt_count:
+            attempt = b"x-envoy-attempt-count: %d\r\n" % (self.attempts + 1)
         pending = self.pending
         self.sent_at = time.monotonic()
         conn.write(b"".join((self.head, attempt, CRLF, *pending)))

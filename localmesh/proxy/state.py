@@ -53,10 +53,10 @@ class Listener:
         return "destination" if self.kind == "inbound" else "source"
 
     @property
-    def retries(self) -> bool:
-        # Istio's default retry policy (2 retries on connect-failure, no status code) is on
-        # client-side routes (gateway and sidecar outbound), not on the inbound route nor the
-        # passthrough route.
+    def attempt_count(self) -> bool:
+        # x-envoy-attempt-count goes upstream from the virtual hosts that include it: the gateway's
+        # and the sidecar's outbound ones, not the inbound one (istio/istio
+        # pilot/pkg/networking/core/httproute.go IncludeRequestAttemptCount).
         return self.kind != "inbound"
 
 

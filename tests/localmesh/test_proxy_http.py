@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import struct
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +34,7 @@ from proxy_testlib import (
     with_addresses,
 )
 
+from localmesh.proxy.exchange import CONNECT_ERROR
 from localmesh.proxy.server import build_parser
 from localmesh.proxy.state import Timeouts
 
@@ -381,6 +384,54 @@ def test_503_through_passthrough_is_not_retried(app):
     with sidecar(app) as proxy:
         assert exchange(proxy.outbound_port, get("/status/503"))[0] == 503
     assert len(app.requests) == 1
+
+
+def test_inbound_retries_an_app_that_refuses_the_connection_twice_as_reset_before_request(app):
+    """Istio's inbound route retries twice on reset-before-request (istio/istio
+    pilot/pkg/networking/core/route/route.go BuildDefaultHTTPInboundRoute): a connection the app
+    refuses is one; real Envoy answers this 503 flagged URX,UF after three connect attempts."""
+    table = tables("passthrough", {"httpbin.org:80": app.address})["idgen"]
+    with BackgroundProxy("sidecar", table, app=("127.0.0.1", closed_port())) as proxy:
+        status, headers, body, _ = exchange(proxy.inbound_port, b"GET /id HTTP/1.1\r\nHost: idgen\r\n\r\n")
+        metrics = proxy.metrics()
+    assert (status, headers["server"]) == (503, "istio-envoy")
+    assert body.startswith(
+        b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: "
+        b"remote connection failure"
+    )
+    assert value(metrics, "istio_requests_total", reporter="destination", response_flags="URX,UF") == 1
+
+
+def test_inbound_does_not_retry_an_app_that_resets_after_accepting(app):
+    """reset-before-request covers resets before the request went out; the proxy writes the request
+    as soon as the app accepts, so a reset then is answered 503 UC after one attempt, as Envoy does."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def reset_each() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # linger 0: the close is a reset
+
+    thread = threading.Thread(target=reset_each, daemon=True)
+    thread.start()
+    table = tables("passthrough", {"httpbin.org:80": app.address})["idgen"]
+    try:
+        with BackgroundProxy("sidecar", table, app=listener.getsockname()) as proxy:
+            status, _, body, _ = exchange(proxy.inbound_port, b"GET /id HTTP/1.1\r\nHost: idgen\r\n\r\n")
+            metrics = proxy.metrics()
+    finally:
+        listener.close()
+        thread.join(5)
+    assert status == 503
+    assert body == CONNECT_ERROR + b"reset reason: connection termination"
+    assert len(accepted) == 1
+    assert value(metrics, "istio_requests_total", reporter="destination", response_flags="UC") == 1
 
 
 def test_upstream_closing_without_an_answer_gets_503_uc(app):
