@@ -51,6 +51,7 @@ _DETAILS = {
     "UF": "upstream_reset_before_response_started{remote_connection_failure}",
     "URX,UF": "upstream_reset_before_response_started{remote_connection_failure}",
     "UC": "upstream_reset_before_response_started{connection_termination}",
+    "URX,UC": "upstream_reset_before_response_started{connection_termination}",
     "UPE": "upstream_reset_before_response_started{protocol_error}",
     "DC": "downstream_remote_disconnect",
 }

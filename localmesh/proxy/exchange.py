@@ -538,15 +538,20 @@ class Exchange:
         if self.done:
             state.pool.give(conn)
             return
+        if conn.closed:
+            # The upstream reset the connection before the request could be written: a reset
+            # before request, retried like a failed connect.
+            self._connect_failed(b"connection termination", "UC")
+            return
         self._attach(conn)
 
-    def _connect_failed(self, reason: bytes) -> None:
+    def _connect_failed(self, reason: bytes, flag: str = "UF") -> None:
         if self.can_retry and self.attempts < RETRIES:
             self._schedule_retry()
             return
         retried = self.attempts > 0
         body = CONNECT_ERROR + (b"retried and the latest " if retried else b"") + b"reset reason: " + reason
-        self.local_reply(503, body, "URX,UF" if retried else "UF")
+        self.local_reply(503, body, "URX," + flag if retried else flag)
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn

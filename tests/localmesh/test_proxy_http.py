@@ -402,9 +402,9 @@ def test_inbound_retries_an_app_that_refuses_the_connection_twice_as_reset_befor
     assert value(metrics, "istio_requests_total", reporter="destination", response_flags="URX,UF") == 1
 
 
-def test_inbound_does_not_retry_an_app_that_resets_after_accepting(app):
-    """reset-before-request covers resets before the request went out; the proxy writes the request
-    as soon as the app accepts, so a reset then is answered 503 UC after one attempt, as Envoy does."""
+def test_inbound_does_not_retry_an_app_that_resets_before_answering(app):
+    """reset-before-request covers resets before the request went out: an app that reads the
+    request and then resets the connection gets it once, and the caller a 503 UC, as from Envoy."""
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
 
@@ -415,6 +415,7 @@ def test_inbound_does_not_retry_an_app_that_resets_after_accepting(app):
             except OSError:
                 return
             accepted.append(conn)
+            conn.recv(65536)  # the request arrived: the reset comes after it
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()  # linger 0: the close is a reset
 
@@ -426,6 +427,7 @@ def test_inbound_does_not_retry_an_app_that_resets_after_accepting(app):
             status, _, body, _ = exchange(proxy.inbound_port, b"GET /id HTTP/1.1\r\nHost: idgen\r\n\r\n")
             metrics = proxy.metrics()
     finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         listener.close()
         thread.join(5)
     assert status == 503
