@@ -187,8 +187,8 @@ class Deployment:
         return Workload(
             name=self.name,
             namespace=self.namespace,
-            app=self.labels.get("app", "unknown"),
-            version=self.labels.get("version", "unknown"),
+            app=self.labels.get("app", ""),  # own labels: "" when absent (names.Workload)
+            version=self.labels.get("version", ""),
             canonical_service=service,
             canonical_revision=revision,
             principal=spiffe_principal(self.namespace, self.service_account, trust_domain),

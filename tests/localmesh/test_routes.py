@@ -356,7 +356,7 @@ def test_gateway_table_carries_istio_ingressgateway_identity():
             name="istio-ingressgateway",
             namespace="istio-system",
             app="istio-ingressgateway",
-            version="unknown",
+            version="",  # no version label: its own series say source_version=""
             canonical_service="istio-ingressgateway",
             canonical_revision="latest",
             principal="spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
