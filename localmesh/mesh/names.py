@@ -18,6 +18,9 @@ DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "cluster.local"
 # The cluster ID Istio reports as source_cluster/destination_cluster (ISTIO_META_CLUSTER_ID default).
 CLUSTER_ID = "Kubernetes"
+# The Istio release the local mesh emulates (the one scripts/versions.env pins for the cluster path;
+# a test keeps the two equal): the proxies' istio_build metric names it.
+ISTIO_VERSION = "1.31.0"
 # Option-specific resources carry this label; switching options deletes those the new overlay lacks.
 OPTION_LABEL = "egress-lab/option-resource"
 OPTION_SELECTOR = f"{OPTION_LABEL}=true"

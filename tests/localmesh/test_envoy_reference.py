@@ -29,6 +29,8 @@ def test_histogram_buckets_are_envoys_defaults(tmp_path: Path) -> None:
     cmd = [str(ENVOY), "-c", str(bootstrap), "--base-id", str(port), "-l", "warning"]
     with running("envoy", cmd, f"{url}/ready", tmp_path / "envoy.log"):
         text = requests.get(f"{url}/stats/prometheus", timeout=10).text
+    # Envoy writes a # TYPE line per family and no # HELP (what telemetry.exposition copies).
+    assert "# TYPE " in text and "# HELP" not in text
     # The first histogram series: its bucket lines in order, up to its +Inf bucket.
     bounds = re.findall(r'^\w+_bucket\{(?:[^}]*,)?le="([^"]+)"\}', text, re.MULTILINE)
     assert "+Inf" in bounds, text[:2000]
