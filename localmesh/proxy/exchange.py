@@ -45,6 +45,7 @@ from localmesh.proxy import http1, peer_metadata
 from localmesh.proxy.http1 import CRLF, DATE, HOP_BY_HOP, LAST_CHUNK
 from localmesh.proxy.interfaces import DownstreamConnection
 from localmesh.proxy.state import UNKNOWN_SERVICE, Listener, ProxyState
+from localmesh.proxy.telemetry import HOST_KEYED
 from localmesh.proxy.upstream import Address, UpstreamConnection
 
 # Envoy's retry buffer limit is the connection buffer limit; bodies above it are not retried.
@@ -401,6 +402,12 @@ class Exchange:
                 return
             decision = decide_outbound(table, host, port, "http")
             self._use(decision)
+            service = self.service
+            if decision.cluster in HOST_KEYED and service.host.encode() != authority:
+                # istio_stats names a passthrough or blackholed request's destination_service by the
+                # Host header as sent, port and case included (envoyproxy/envoy
+                # contrib/istio/filters/http/istio_stats/source/istio_stats.cc populatePeerInfo).
+                self.service = Service(authority.decode("latin-1"), service.name, service.namespace)
             if decision.upstream is None:
                 # BlackHoleCluster: Istio's block_all route is a direct response 502 with no body;
                 # a direct response sets no response flag.

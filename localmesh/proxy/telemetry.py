@@ -42,7 +42,8 @@ DEFAULT_MAX_PASSTHROUGH_HOSTS = 100
 MAX_HOSTS_ENV = "LOCALMESH_MAX_PASSTHROUGH_HOSTS"
 OVERFLOW = "overflow"
 OVERFLOW_METRIC = "localmesh_telemetry_overflow_total"
-_HOST_KEYED = frozenset((PASSTHROUGH, BLACKHOLE))
+# The clusters whose destination_service is the request's Host (the others name their service).
+HOST_KEYED = frozenset((PASSTHROUGH, BLACKHOLE))
 
 BUCKETS: tuple[float, ...] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
@@ -208,7 +209,7 @@ class Telemetry:
     def _capped(self, source: Workload, service: Service) -> Service:
         """The service to record: itself, or its "overflow" stand-in for a passthrough or blackhole
         host beyond the cap (counted). Called only when a new series would be created."""
-        if service.name not in _HOST_KEYED or not self.max_passthrough_hosts or service.host in self._hosts:
+        if service.name not in HOST_KEYED or not self.max_passthrough_hosts or service.host in self._hosts:
             return service
         if len(self._hosts) < self.max_passthrough_hosts:
             self._hosts.add(service.host)

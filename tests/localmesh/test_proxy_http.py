@@ -334,6 +334,25 @@ def test_gateway_without_a_route_answers_404_nr_with_no_body(app):
     assert value(metrics, "istio_requests_total", response_code="404", response_flags="NR") == 1
 
 
+@pytest.mark.parametrize(
+    ("overlay", "cluster", "code"),
+    [("passthrough", "PassthroughCluster", 200), ("blackhole", "BlackHoleCluster", 502)],
+)
+def test_unregistered_destination_service_is_the_host_header_as_sent(app, overlay, cluster, code):
+    """istio_stats takes destination_service from the Host header, port and case included, for
+    PassthroughCluster and BlackHoleCluster (envoyproxy/envoy contrib/istio/filters/http/istio_stats)."""
+    with sidecar(app, overlay) as proxy:
+        for host in ("httpbin.org", "httpbin.org:80", "HttpBin.org"):
+            request = f"GET /uuid HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+            assert exchange(proxy.outbound_port, request)[0] == code
+        metrics = proxy.metrics()
+    for host in ("httpbin.org", "httpbin.org:80", "HttpBin.org"):
+        assert (
+            value(metrics, "istio_requests_total", destination_service=host, destination_service_name=cluster)
+            == 1
+        )
+
+
 def test_refused_passthrough_upstream_gets_503_uf(app):
     with sidecar(app, httpbin=("127.0.0.1", closed_port())) as proxy:
         status, headers, body, _ = exchange(proxy.outbound_port, get("/uuid"))
