@@ -342,7 +342,9 @@ class Exchange:
             self.down.protocol_error(self.refuse, self)
             return
         if self.http10 and not listener.http10:
-            # Envoy's codec rejects HTTP/1.0 on listeners without accept_http_10.
+            # Envoy's codec rejects HTTP/1.0 on listeners without accept_http_10, before the
+            # connection manager sees the request: its answer and access log line are HTTP/1.1.
+            self.http10 = False
             self.down.protocol_error(426, self)
             return
         if self.body_framing == b"other":

@@ -39,8 +39,10 @@ class Listener:
 
     kind: "gateway", "inbound" or "outbound". server: the `server` header Envoy writes (Istio uses
     "istio-envoy" for gateways and inbound listeners and Envoy's default "envoy" for sidecar outbound:
-    istio/istio pilot/pkg/networking/util GetProxyHeadersFromProxyConfig). http10: accept HTTP/1.0
-    (Istio gateways do; sidecars answer 426 unless PILOT_HTTP10/ISTIO_META_HTTP10 is set).
+    istio/istio pilot/pkg/networking/util GetProxyHeadersFromProxyConfig). http10: accept HTTP/1.0;
+    Istio's gateways and sidecars answer it 426 unless PILOT_HTTP10 or the proxy's ISTIO_META_HTTP10
+    is set (istio/istio pilot/pkg/networking/core gateway.go buildGatewayConnectionManager,
+    listener_builder.go and listener_inbound.go: http_protocol_options.accept_http_10).
     """
 
     kind: str

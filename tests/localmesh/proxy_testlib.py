@@ -68,7 +68,8 @@ class BackgroundProxy:
         self.admin_port = free_port()
         if role == "gateway":
             self.listen_port = free_port()
-            listeners = [(GATEWAY, Endpoint("--listen", "127.0.0.1", self.listen_port))]
+            gateway = Listener("gateway", GATEWAY.server, http10)
+            listeners = [(gateway, Endpoint("--listen", "127.0.0.1", self.listen_port))]
         else:
             self.inbound_port = free_port()
             self.outbound_port = free_port()

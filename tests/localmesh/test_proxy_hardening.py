@@ -237,8 +237,8 @@ def test_two_transfer_encoding_headers_get_501(app):
     assert app.requests == []
 
 
-def test_http10_without_host_gets_400_at_the_gateway(app):
-    with gateway(app) as gw:
+def test_http10_without_host_gets_400_at_a_gateway_that_accepts_http10(app):
+    with gateway(app, "--http10") as gw:
         status = exchange(gw.listen_port, b"GET /id HTTP/1.0\r\n\r\n")[0]
         assert exchange(gw.listen_port, b"GET /id HTTP/1.0\r\nHost: site\r\n\r\n")[0] == 200
     assert status == 400

@@ -184,9 +184,49 @@ def test_server_header_of_the_app_is_overwritten_on_inbound(app):
 # --- HTTP/1.0 ------------------------------------------------------------------------------------
 
 
-def test_http10_is_served_by_the_gateway_and_closed_after_the_response(app):
+def test_http10_is_refused_by_the_gateway_with_envoys_exact_426_log_line_and_metric(app, tmp_path):
+    """Istio's gateway accepts HTTP/1.0 only with PILOT_HTTP10 (istio/istio
+    pilot/pkg/networking/core/gateway.go); Envoy 1.40's codec then sends exactly this answer."""
     table = tables("passthrough", {"idgen.recipes.svc.cluster.local:80": app.address})["istio-ingressgateway"]
-    with BackgroundProxy("gateway", table) as gateway, connect(gateway.listen_port) as sock:
+    log = (tmp_path / "access.log").open("w+")
+    with BackgroundProxy("gateway", table, access_log=log) as gateway:
+        with connect(gateway.listen_port) as sock:
+            sock.sendall(b"GET /id HTTP/1.0\r\nHost: site\r\nUser-Agent: old\r\n\r\n")
+            raw = read_response(sock)[3]
+            assert closed_by_peer(sock)
+        metrics = gateway.metrics()
+    assert re.fullmatch(
+        rb"HTTP/1\.1 426 Upgrade Required\r\ncontent-length: 16\r\ncontent-type: text/plain\r\n"
+        rb"date: " + DATE.encode() + rb"\r\nserver: istio-envoy\r\nconnection: close\r\n\r\nUpgrade Required",
+        raw,
+    ), raw
+    assert app.requests == []
+    log.seek(0)
+    line = log.read()
+    local = f"127.0.0.1:{gateway.listen_port}"
+    assert re.fullmatch(
+        r"\[[0-9T:.-]+Z\] \"- - HTTP/1\.1\" 426 DPE low_version - \"-\" 0 16 \d+ - "
+        r"\"-\" \"-\" \"-\" \"-\" \"-\" - - " + re.escape(local) + r" 127\.0\.0\.1:\d+ - -\n",
+        line,
+    ), line
+    assert (
+        value(
+            metrics,
+            "istio_requests_total",
+            reporter="source",
+            source_workload="istio-ingressgateway",
+            destination_service="unknown",
+            destination_service_name="unknown",
+            response_code="426",
+            response_flags="DPE",
+        )
+        == 1
+    )
+
+
+def test_http10_is_served_by_the_gateway_when_enabled_and_closed_after_the_response(app):
+    table = tables("passthrough", {"idgen.recipes.svc.cluster.local:80": app.address})["istio-ingressgateway"]
+    with BackgroundProxy("gateway", table, http10=True) as gateway, connect(gateway.listen_port) as sock:
         sock.sendall(b"GET /id HTTP/1.0\r\nHost: site\r\n\r\n")
         status, _, body, raw = read_response(sock)
         assert raw.startswith(b"HTTP/1.0 200 OK\r\n")
@@ -196,7 +236,7 @@ def test_http10_is_served_by_the_gateway_and_closed_after_the_response(app):
 
 def test_http10_keep_alive_is_kept_when_asked(app):
     table = tables("passthrough", {"idgen.recipes.svc.cluster.local:80": app.address})["istio-ingressgateway"]
-    with BackgroundProxy("gateway", table) as gateway, connect(gateway.listen_port) as sock:
+    with BackgroundProxy("gateway", table, http10=True) as gateway, connect(gateway.listen_port) as sock:
         for _ in range(2):
             sock.sendall(b"GET /id HTTP/1.0\r\nHost: site\r\nConnection: keep-alive\r\n\r\n")
             status, headers, _, _ = read_response(sock)
@@ -205,8 +245,9 @@ def test_http10_keep_alive_is_kept_when_asked(app):
 
 def test_http10_is_refused_by_a_sidecar_with_426_as_istio_does_by_default(app):
     with sidecar(app) as proxy:
-        status, headers, body, _ = exchange(proxy.inbound_port, b"GET /ok HTTP/1.0\r\n\r\n")
+        status, headers, body, raw = exchange(proxy.inbound_port, b"GET /ok HTTP/1.0\r\n\r\n")
         metrics = proxy.metrics()
+    assert raw.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")  # as Envoy's codec answers
     assert (status, body, headers["connection"]) == (426, b"Upgrade Required", "close")
     assert value(metrics, "istio_requests_total", response_code="426", response_flags="DPE") == 1
 
