@@ -80,13 +80,20 @@ ENVOY_INTERNAL = frozenset(
     )
 )
 # Framing is never forwarded as received: the proxy writes its own content-length or chunking.
-SKIP_REQUEST = HOP_BY_HOP | peer_metadata.HEADERS | ENVOY_INTERNAL | {b"expect", b"content-length"}
+DECORATOR = b"x-envoy-decorator-operation"
+XFCC = b"x-forwarded-client-cert"
+# The decorator header is written by the proxy (see _build_head); x-forwarded-client-cert is removed
+# from every request that did not come over mutual TLS, as Envoy's sanitizing does for each of
+# Istio's listeners (APPEND_FORWARD inbound, SANITIZE_SET at gateways, Envoy's default SANITIZE
+# outbound: envoy conn_manager_utility.cc mutateXfccRequestHeader).
+SKIP_REQUEST = (
+    HOP_BY_HOP | peer_metadata.HEADERS | ENVOY_INTERNAL | {b"expect", b"content-length", DECORATOR, XFCC}
+)
 # An edge request (a gateway uses the remote address) also loses these, and its x-forwarded-proto,
 # x-envoy-external-address, x-forwarded-for and x-request-id are the gateway's own
 # (cleanInternalHeaders with edge_request; xff_num_trusted_hops is 0 in Istio's default gateway
 # topology; Istio leaves preserve_external_request_id off, so Envoy sets a new request ID at the edge).
 SKIP_EDGE = SKIP_REQUEST | {
-    b"x-envoy-decorator-operation",
     b"x-envoy-downstream-service-cluster",
     b"x-envoy-downstream-service-node",
     b"x-envoy-external-address",
@@ -97,7 +104,8 @@ SKIP_EDGE = SKIP_REQUEST | {
 FRAMING = frozenset((b"transfer-encoding", b"content-length", b"connection", b"te"))
 # server and x-envoy-upstream-service-time are set by this proxy, replacing an upstream proxy's
 # (Envoy's router overwrites the service-time header; proxy_headers.go overwrites server).
-SKIP_RESPONSE = HOP_BY_HOP | peer_metadata.HEADERS | {b"server", b"x-envoy-upstream-service-time"}
+# The decorator header of a response is the proxy's own too (set inbound, removed elsewhere).
+SKIP_RESPONSE = HOP_BY_HOP | peer_metadata.HEADERS | {b"server", b"x-envoy-upstream-service-time", DECORATOR}
 
 
 def request_id() -> bytes:
@@ -129,6 +137,7 @@ class Exchange:
         "conn_tokens",
         "content_length",
         "decision_cluster",
+        "decorated",
         "done",
         "down",
         "down_md",
@@ -146,6 +155,7 @@ class Exchange:
         "listener",
         "method",
         "mtls_upstream",
+        "operation",
         "pending",
         "pending_size",
         "refuse",
@@ -206,6 +216,8 @@ class Exchange:
         self.address: Address | None = None
         self.service: Service = UNKNOWN_SERVICE
         self.decision_cluster = ""
+        self.operation = b""  # the route's decorator operation, sent upstream (gateway, outbound)
+        self.decorated = False  # inbound: the caller sent its own decorator operation
         self.can_retry = False
         self.attempts = 0
         self.sent_at = 0.0
@@ -425,6 +437,7 @@ class Exchange:
     def _use(self, decision: Decision) -> None:
         self.service = decision.service
         self.decision_cluster = decision.cluster
+        self.operation = decision.operation.encode()
         self.address = decision.upstream
         self.can_retry = decision.cluster != PASSTHROUGH
         self.mtls_upstream = _mesh_service(decision.service)
@@ -445,7 +458,7 @@ class Exchange:
         has_xfp = has_rid = has_host = False
         xff = None
         mx_id = mx_md = False
-        principal = None
+        principal = xfcc = None
         for name, value in headers:
             if name in skip:
                 if kind == "inbound":
@@ -456,6 +469,13 @@ class Exchange:
                         mx_id = True
                     elif name == peer_metadata.HEADER_PRINCIPAL:
                         principal = value
+                    elif name == DECORATOR:
+                        self.decorated = True
+                    elif name == XFCC:
+                        xfcc = value if xfcc is None else xfcc + b"," + value
+                elif name == DECORATOR and kind == "outbound" and not self.operation:
+                    # A route without a decorator (allow_any) leaves the app's own in place.
+                    out += (name, b": ", value, CRLF)
                 continue
             if name == b"host":
                 # Absolute-form: the Host of the URL wins (RFC 7230 5.7).
@@ -496,7 +516,20 @@ class Exchange:
             self.down_principal = principal
             if mx_md or principal is not None:
                 self.down_peer = self.state.peers.lookup(self.down_md, principal)
+            if principal:
+                # Over (stand-in) mutual TLS Istio's inbound appends the peer's certificate details:
+                # By=<own SAN>;Hash=<peer certificate digest>;Subject="";URI=<peer SAN> (APPEND_FORWARD
+                # with subject, uri and dns; istio/istio pilot/pkg/networking/core/listener_inbound.go).
+                # There is no certificate locally, so no Hash (docs/istio-facts.md).
+                own = self.state.identity.workload.principal
+                details = (
+                    (b"By=%s;" % own.encode() if own != "unknown" else b"") + b'Subject="";URI=' + principal
+                )
+                out += (XFCC, b": ", xfcc + b"," + details if xfcc else details, CRLF)
         else:
+            if self.operation:
+                # Egress: the route's decorator operation goes upstream (Envoy traceRequest).
+                out += (DECORATOR, b": ", self.operation, CRLF)
             identity = self.state.identity
             out += (peer_metadata.HEADER_ID, b": ", identity.id_value, CRLF)
             out += (peer_metadata.HEADER_METADATA, b": ", identity.metadata_value, CRLF)
@@ -626,6 +659,7 @@ class Exchange:
         out += (b"server: ", listener.server, CRLF)
         out.append(b"x-envoy-upstream-service-time: %d\r\n" % int((now - self.sent_at) * 1000))
         if kind == "inbound":
+            out.append(self._inbound_decorator())
             identity = self.state.identity
             if self.down_mx_id:
                 out += (peer_metadata.HEADER_ID, b": ", identity.id_value, CRLF)
@@ -703,6 +737,14 @@ class Exchange:
         self.resp_bytes += len(data)
         self.down.write(data)
 
+    def _inbound_decorator(self) -> bytes:
+        """The decorator header an inbound response gets: the inbound route's operation, unless the
+        caller sent its own (Envoy's ingress tracing: conn_manager_impl.cc encodeHeaders); b"" else."""
+        operation = self.state.inbound_operation
+        if self.decorated or not operation:
+            return b""
+        return DECORATOR + b": " + operation + CRLF
+
     def local_reply(self, code: int, body: bytes, flags: str, close: bool = False) -> None:
         """Answer from the proxy itself (Envoy's sendLocalReply) and finish."""
         if self.done:
@@ -719,8 +761,10 @@ class Exchange:
         self.flags = flags
         self.close_after = close
         self.resp_started = True
+        # Inbound local replies after routing carry the decorator too (checked on Envoy 1.40).
+        extra = self._inbound_decorator() if self.listener.kind == "inbound" and self.started else b""
         self._write(
-            http1.local_reply(code, body, self.listener.server, close, self.http10, self.head_request)
+            http1.local_reply(code, body, self.listener.server, close, self.http10, self.head_request, extra)
         )
         self.finish()
 

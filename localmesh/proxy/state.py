@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from localmesh.mesh.names import Service, Workload
-from localmesh.pilot.routes import RouteTable
+from localmesh.pilot.routes import RouteTable, trace_operation
 from localmesh.proxy.interfaces import DownstreamConnection, RequestLog
 from localmesh.proxy.peer_metadata import Identity, PeerCache
 from localmesh.proxy.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, Telemetry
@@ -81,6 +81,14 @@ def inbound_service(table: RouteTable) -> Service:
     return Service(host=f"{name}.{proxy.namespace}.svc.cluster.local", name=name, namespace=proxy.namespace)
 
 
+def inbound_operation(table: RouteTable, service: Service) -> bytes:
+    """The inbound route's decorator operation, host:port/* of the Service in front of the workload
+    (istio/istio pilot/pkg/networking/core/httproute.go buildSidecarInboundHTTPRouteConfig); b"" when
+    no mesh Service names it."""
+    port = next((s.port for s in table.mesh_services if s.host == service.host), None)
+    return trace_operation(service.host, port).encode() if port is not None else b""
+
+
 class ProxyState:
     """The running proxy's shared state (one per process)."""
 
@@ -116,6 +124,7 @@ class ProxyState:
         self.own_mtls = proxy
         self.own_plain = dataclasses.replace(proxy, principal="unknown")
         self.service = inbound_service(table) if self.role == "sidecar" else UNKNOWN_SERVICE
+        self.inbound_operation = inbound_operation(table, self.service)
         self.table = table
 
     @property

@@ -394,6 +394,21 @@ def test_unregistered_destination_service_is_the_host_header_as_sent(app, overla
         )
 
 
+@pytest.mark.parametrize(
+    ("overlay", "operation"), [("serviceentry", "httpbin.org:80/*"), ("passthrough", "mine")]
+)
+def test_outbound_sends_the_routes_decorator_operation_and_no_client_cert(app, overlay, operation):
+    """A registered host's default route has pilot's decorator (TraceOperation), which replaces the
+    app's; allow_any has none, so the app's passes. An app's own XFCC is sanitized (Envoy's default
+    on Istio's outbound listeners)."""
+    with sidecar(app, overlay) as proxy:
+        extra = "X-Envoy-Decorator-Operation: mine\r\nX-Forwarded-Client-Cert: By=app\r\n"
+        assert exchange(proxy.outbound_port, get("/echo", extra=extra))[0] == 200
+    seen = app.requests[-1]["headers"]
+    assert seen.get("x-envoy-decorator-operation") == operation
+    assert "x-forwarded-client-cert" not in seen
+
+
 def test_refused_passthrough_upstream_gets_503_uf(app):
     with sidecar(app, httpbin=("127.0.0.1", closed_port())) as proxy:
         status, headers, body, _ = exchange(proxy.outbound_port, get("/uuid"))
@@ -455,6 +470,8 @@ def test_inbound_retries_an_app_that_refuses_the_connection_twice_as_reset_befor
         status, headers, body, _ = exchange(proxy.inbound_port, b"GET /id HTTP/1.1\r\nHost: idgen\r\n\r\n")
         metrics = proxy.metrics()
     assert (status, headers["server"]) == (503, "istio-envoy")
+    # Envoy's inbound local reply carries the route's decorator too.
+    assert headers["x-envoy-decorator-operation"] == "idgen.recipes.svc.cluster.local:80/*"
     assert body.startswith(
         b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: "
         b"remote connection failure"
