@@ -22,6 +22,10 @@ behaviours imitated here, with their sources:
   [retried and the latest ]reset reason: ..., transport failure reason: ..." (UF/URX,UF/UC/UPE),
   503 "no healthy upstream" (UH), 504 "upstream request timeout" (UT), 404 NR with no body,
   408 "request timeout", 0 + "DC" when the client goes away (envoy router.cc, conn_manager_impl.cc);
+- tracing and certificate headers: the route's x-envoy-decorator-operation goes upstream from the
+  gateway and the outbound listener and never back; inbound answers with its own (conn_manager_impl.cc);
+  x-forwarded-client-cert is appended inbound over (stand-in) mTLS, removed otherwise
+  (conn_manager_utility.cc mutateXfccRequestHeader; docs/istio-facts.md);
 - peer metadata exchange (proxy.peer_metadata) and Istio's metric labels (proxy.telemetry).
 """
 
