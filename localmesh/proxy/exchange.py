@@ -62,8 +62,9 @@ RETRY_BASE = 0.025  # Envoy's default retry back-off base interval (25 ms), full
 CONNECT_ERROR = b"upstream connect error or disconnect/reset before headers. "
 # Envoy's x-envoy-* request headers that only Envoy may set: removed from every request that is not
 # "internal" (envoy conn_manager_utility.cc mutateRequestHeaders and cleanInternalHeaders). Since
-# Envoy 1.36 no address is internal unless internal_address_config says so, and Istio sets none
-# (ENABLE_HCM_INTERNAL_NETWORKS is off), so every request is external.
+# Envoy 1.33 no address is internal unless internal_address_config says so, and Istio sets none
+# (ENABLE_HCM_INTERNAL_NETWORKS is off: istio/istio pilot/pkg/networking/core/gateway.go), so every
+# request is external, from loopback and private addresses too.
 ENVOY_INTERNAL = frozenset(
     (
         b"x-envoy-internal",
