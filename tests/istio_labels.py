@@ -33,6 +33,9 @@ GATEWAY_SOURCE = {
     "source_version": "unknown",
     "source_cluster": "Kubernetes",
 }
+# The same gateway in its own series (reporter=source): istio_stats writes a proxy's own labels as
+# they are, and the gateway's pod has no version label (docs/istio-facts.md).
+GATEWAY_SOURCE_OWN = {**GATEWAY_SOURCE, "source_version": ""}
 # idgen (manifests/base: app=idgen, version=v1, service account idgen) behind its Service.
 IDGEN_DESTINATION = {
     "destination_workload": "idgen",

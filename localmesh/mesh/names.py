@@ -18,6 +18,9 @@ DEFAULT_NAMESPACE = "default"
 CLUSTER_DOMAIN = "cluster.local"
 # The cluster ID Istio reports as source_cluster/destination_cluster (ISTIO_META_CLUSTER_ID default).
 CLUSTER_ID = "Kubernetes"
+# The Istio release the local mesh emulates (the one scripts/versions.env pins for the cluster path;
+# a test keeps the two equal): the proxies' istio_build metric names it.
+ISTIO_VERSION = "1.31.0"
 # Option-specific resources carry this label; switching options deletes those the new overlay lacks.
 OPTION_LABEL = "egress-lab/option-resource"
 OPTION_SELECTOR = f"{OPTION_LABEL}=true"
@@ -30,7 +33,12 @@ REGISTRY_ONLY = "REGISTRY_ONLY"
 
 @dataclass(frozen=True)
 class Workload:
-    """A workload's identity as Istio's metrics name it (unknown peers use the defaults)."""
+    """A workload's identity as Istio's metrics name it (unknown peers use the defaults).
+
+    A proxy reports its own app and version labels as they are, "" when the pod has none, and a
+    peer's missing ones as "unknown" (envoyproxy/envoy contrib/istio/filters/http/istio_stats
+    istio_stats.cc: `context_.app_version_` against `peer->app_version_.empty() ? unknown_`).
+    """
 
     name: str = "unknown"
     namespace: str = "unknown"
@@ -66,7 +74,9 @@ INGRESS_GATEWAY = Workload(
     name="istio-ingressgateway",
     namespace=GATEWAY_NAMESPACE,
     app="istio-ingressgateway",
-    version="unknown",
+    # No version label: istio_stats writes a proxy's own labels as they are, so the gateway's own
+    # series carry source_version="" (a peer's missing label is "unknown" instead).
+    version="",
     canonical_service="istio-ingressgateway",
     canonical_revision="latest",
     principal="spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",

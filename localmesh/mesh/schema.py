@@ -37,6 +37,13 @@ ISTIO_NETWORKING_VERSIONS = (
     "networking.istio.io/v1alpha3",
 )
 OUTBOUND_MODES = (REGISTRY_ONLY, ALLOW_ANY)
+# Istio 1.31's third mesh-wide mode (istio/istio releasenotes/notes/allow-any-dynamic-dns.yaml):
+# plain HTTP to unknown hosts goes through Envoy's dynamic forward proxy, cluster
+# AllowAnyDynamicDNSCluster and route allow_any_dynamic_dns (pilot/pkg/networking/core/httproute.go
+# buildCatchAllVirtualHost), so istio_stats names such a request by its Host in both
+# destination_service and destination_service_name. The local proxies emulate neither the cluster
+# nor those labels (nor the demo's report and alerts, which read PassthroughCluster), so it is refused.
+ALLOW_ANY_DYNAMIC_DNS = "ALLOW_ANY_DYNAMIC_DNS"
 # Port protocols localmesh accepts on ServiceEntry and Gateway ports (Istio parses them case-insensitively:
 # pkg/config/protocol/instance.go Parse).
 PORT_PROTOCOLS = ("HTTP", "HTTPS", "HTTP2", "GRPC", "TLS", "TCP", "MONGO")
@@ -187,8 +194,8 @@ class Deployment:
         return Workload(
             name=self.name,
             namespace=self.namespace,
-            app=self.labels.get("app", "unknown"),
-            version=self.labels.get("version", "unknown"),
+            app=self.labels.get("app", ""),  # own labels: "" when absent (names.Workload)
+            version=self.labels.get("version", ""),
             canonical_service=service,
             canonical_revision=revision,
             principal=spiffe_principal(self.namespace, self.service_account, trust_domain),
@@ -347,6 +354,25 @@ def _check_top_level(r: Reader, extra: Iterable[str] = ()) -> dict[str, Any]:
     return r.mapping(r.res.body.get("spec"), "spec", required=True)
 
 
+def _outbound_mode(r: Reader, value: Any, path: str, sidecar: bool = False) -> str | None:
+    """An outbound traffic policy mode, with a clear refusal of ALLOW_ANY_DYNAMIC_DNS."""
+    if value == ALLOW_ANY_DYNAMIC_DNS:
+        if sidecar:
+            # Istio's own validation refuses it too (istio/istio pkg/config/validation/validation.go).
+            r.fail(
+                path,
+                f"{value} is only valid in the mesh config, not in a Sidecar (Istio refuses it "
+                "too); use ALLOW_ANY or REGISTRY_ONLY here",
+            )
+        r.fail(
+            path,
+            f"{value} (Istio 1.31's dynamic forward proxy for plain HTTP, reported under "
+            "AllowAnyDynamicDNSCluster) is not supported by localmesh; use ALLOW_ANY, which sends "
+            "unknown hosts to PassthroughCluster, or REGISTRY_ONLY",
+        )
+    return r.enum(value, path, OUTBOUND_MODES)
+
+
 def _parse_istio_operator(r: Reader) -> MeshConfig:
     _check_api_version(r, ("install.istio.io/v1alpha1",))
     spec = r.mapping(r.res.body.get("spec"), "spec")
@@ -355,7 +381,7 @@ def _parse_istio_operator(r: Reader) -> MeshConfig:
     mesh = r.mapping(spec.get("meshConfig"), "spec.meshConfig")
     policy = r.mapping(mesh.get("outboundTrafficPolicy"), "spec.meshConfig.outboundTrafficPolicy")
     r.keys(policy, "spec.meshConfig.outboundTrafficPolicy", ("mode",), {"egressProxy": "ignored"})
-    mode = r.enum(policy.get("mode"), "spec.meshConfig.outboundTrafficPolicy.mode", OUTBOUND_MODES)
+    mode = _outbound_mode(r, policy.get("mode"), "spec.meshConfig.outboundTrafficPolicy.mode")
     trust_domain = r.string(mesh.get("trustDomain"), "spec.meshConfig.trustDomain")
     return MeshConfig(r.res.ref, r.res.source, mode, trust_domain or None)
 
@@ -382,7 +408,7 @@ def _parse_sidecar(r: Reader) -> SidecarConfig:
     if "outboundTrafficPolicy" in spec:
         policy = r.mapping(spec["outboundTrafficPolicy"], "spec.outboundTrafficPolicy", required=True)
         r.keys(policy, "spec.outboundTrafficPolicy", ("mode",), {"egressProxy": "ignored"})
-        mode = r.enum(policy.get("mode"), "spec.outboundTrafficPolicy.mode", OUTBOUND_MODES)
+        mode = _outbound_mode(r, policy.get("mode"), "spec.outboundTrafficPolicy.mode", sidecar=True)
         if mode is None:
             # The mode enum's zero value is REGISTRY_ONLY (istio/api networking/v1alpha3/sidecar.proto
             # OutboundTrafficPolicy.Mode), so a policy without a mode blocks unknown hosts.

@@ -39,12 +39,15 @@ class Decision:
     cluster: Envoy's cluster name: "outbound|80||httpbin.org", PASSTHROUGH or BLACKHOLE.
     upstream: (ip, port) to connect to; None means BlackHoleCluster (HTTP: direct 502; TCP: close).
     protocol: "http" or "tcp" (TCP for CONNECT tunnels and non-HTTP ServiceEntry ports).
+    operation: the HTTP route's decorator operation, which Envoy sends upstream as
+    x-envoy-decorator-operation; "" for routes without a decorator (allow_any, block_all) and TCP.
     """
 
     cluster: str
     service: Service
     upstream: tuple[str, int] | None
     protocol: str
+    operation: str = ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -60,6 +63,14 @@ def cluster_name(host: str, port: int) -> str:
     """Envoy's cluster for a service port: "outbound|<port>|<subset>|<host>", no subset here
     (istio/istio pilot/pkg/model/service.go BuildSubsetKey)."""
     return f"outbound|{port}||{host}"
+
+
+def trace_operation(host: str, port: int, match: str = "prefix", path: str = "") -> str:
+    """pilot's decorator operation for a route to one cluster: host:port, then the route's path
+    match ("/*" for none or prefix "/", "<prefix>*" for a prefix, the path for an exact match)
+    (istio/istio pilot/pkg/networking/core/route/route.go GetRouteOperation; the default routes use
+    pilot/pkg/networking/telemetry TraceOperation, host:port/*)."""
+    return f"{host}:{port}" + (path if match == "exact" else (path or "/") + "*")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -471,6 +482,7 @@ def _decide_outbound(table: RouteTable, host: str, port: int, protocol: str) -> 
             Service(route.host, route.name, route.namespace),
             _connect(table.addresses, route.host, port),
             wire,
+            trace_operation(route.host, port) if wire == "http" else "",
         )
     # Plain HTTP to a TLS port carries no SNI, so it cannot match the entry's filter chain and falls
     # through to the outbound policy, as on a cluster.
@@ -484,6 +496,7 @@ def _decide_outbound(table: RouteTable, host: str, port: int, protocol: str) -> 
             Service(route.host, route.host, route.namespace),
             _connect(table.addresses, *target),
             wire,
+            trace_operation(route.host, port) if wire == "http" else "",
         )
     # No registered host: the outbound policy decides. Istio's sidecar sends it to the "allow_any"
     # virtual host / passthrough filter chain (PassthroughCluster) under ALLOW_ANY, else to "block_all"
@@ -542,5 +555,8 @@ def _decide_ingress(table: RouteTable, authority: str, path: str) -> Decision | 
         if (route.match == "exact" and path == route.path) or (
             route.match == "prefix" and path.startswith(route.path)
         ):
-            return Decision(route.cluster, route.service, _connect(table.addresses, *route.upstream), "http")
+            port = int(route.cluster.split("|")[1])  # outbound|<port>||<host>
+            operation = trace_operation(route.service.host, port, route.match, route.path)
+            upstream = _connect(table.addresses, *route.upstream)
+            return Decision(route.cluster, route.service, upstream, "http", operation)
     return None

@@ -36,6 +36,7 @@ import uuid
 from typing import TYPE_CHECKING, TextIO
 
 from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH
+from localmesh.proxy.http1 import REASONS
 
 if TYPE_CHECKING:
     from localmesh.proxy.exchange import Exchange
@@ -51,9 +52,9 @@ _DETAILS = {
     "UF": "upstream_reset_before_response_started{remote_connection_failure}",
     "URX,UF": "upstream_reset_before_response_started{remote_connection_failure}",
     "UC": "upstream_reset_before_response_started{connection_termination}",
+    "URX,UC": "upstream_reset_before_response_started{connection_termination}",
     "UPE": "upstream_reset_before_response_started{protocol_error}",
     "DC": "downstream_remote_disconnect",
-    "URX": "via_upstream",
 }
 
 
@@ -78,6 +79,20 @@ def _path(url: bytes) -> bytes:
 
 def format_line(ex: Exchange, duration: int) -> str:
     """One access log line for a finished exchange (newline included)."""
+    down = ex.down
+    transport = down.transport
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    remote = transport.get_extra_info("peername") if transport is not None else None
+    started = time.time() - (time.monotonic() - ex.start)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))
+    stamp = f"[{stamp}.{int(started * 1000) % 1000:03d}Z]"
+    if ex.status == 426 and ex.flags == "DPE":
+        # HTTP/1.0 refused by Envoy's codec: the connection manager never saw the request's headers,
+        # so every request field is "-" and the bytes sent are the body's (checked on Envoy 1.40).
+        return (
+            f'{stamp} "- - HTTP/1.1" 426 DPE low_version - "-" 0 {len(REASONS[426])} {duration} - '
+            f'"-" "-" "-" "-" "-" - - {_address(local)} {_address(remote)} - -\n'
+        )
     kind = ex.listener.kind
     cluster = ex.decision_cluster
     blackholed = kind == "outbound" and cluster == BLACKHOLE
@@ -112,12 +127,8 @@ def format_line(ex: Exchange, duration: int) -> str:
             xff = value
         elif name == b"x-request-id":
             rid = value
-    down = ex.down
     if kind == "gateway":  # use_remote_address: the gateway appends the client's address
         xff = xff + b"," + down.peer_ip if xff else down.peer_ip
-    transport = down.transport
-    local = transport.get_extra_info("sockname") if transport is not None else None
-    remote = transport.get_extra_info("peername") if transport is not None else None
     head = len(ex.method) + len(ex.url) + 14 + sum(len(n) + len(v) + 4 for n, v in ex.headers)
     received = max(ex.req_bytes - head, 0)  # the same wire size count as the exchange's, less the head
     sent = 0 if details in ("direct_response", "route_not_found") else ex.resp_bytes
@@ -125,10 +136,8 @@ def format_line(ex: Exchange, duration: int) -> str:
         rid = ex.request_id
     elif rid is None:
         rid = str(uuid.uuid4()).encode()
-    started = time.time() - (time.monotonic() - ex.start)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))
     return (
-        f"[{stamp}.{int(started * 1000) % 1000:03d}Z] "
+        f"{stamp} "
         f'"{_text(ex.method)} {_text(_path(ex.url))} {"HTTP/1.0" if ex.http10 else "HTTP/1.1"}" '
         f'{ex.status} {ex.flags} {details} - "-" {received} {sent} {duration} '
         f'{service_time} "{_text(xff)}" "{_text(user_agent)}" "{_text(rid)}" '

@@ -10,12 +10,22 @@ behaviours imitated here, with their sources:
 - absolute-form requests rewritten to origin-form with Host from the URL (RFC 7230 5.7, envoy
   http1 codec `handlePath`);
 - Istio's default retry policy on client-side routes except the passthrough route: 2 retries on
-  connect-failure and on a 503 response (istio pilot/pkg/networking/core/route/retry DefaultPolicy;
-  httproute.go buildCatchAllVirtualHost has no retry policy); flags "URX" when the retries run out;
+  connect-failure (the other conditions of `defaultRetryOn`, refused-stream, unavailable and
+  cancelled, are HTTP/2 and gRPC ones) and on no status code: a 503 goes straight back (istio/istio
+  pilot/pkg/networking/core/route/retry/retry.go `defaultRetryOn`, no RetriableStatusCodes since
+  1.24; httproute.go buildCatchAllVirtualHost has no retry policy); flags "URX" when the retries
+  run out; the inbound route retries twice on reset-before-request, which on an HTTP/1.1 upstream
+  (the request is written as soon as the connection is up) is a failed connect to the app, e.g. an
+  app not yet listening (istio/istio pilot/pkg/networking/core/route/route.go
+  BuildDefaultHTTPInboundRoute); an app resetting a connection it accepted is not retried (UC);
 - local reply bodies and flags: 503 "upstream connect error or disconnect/reset before headers.
   [retried and the latest ]reset reason: ..., transport failure reason: ..." (UF/URX,UF/UC/UPE),
   503 "no healthy upstream" (UH), 504 "upstream request timeout" (UT), 404 NR with no body,
   408 "request timeout", 0 + "DC" when the client goes away (envoy router.cc, conn_manager_impl.cc);
+- tracing and certificate headers: the route's x-envoy-decorator-operation goes upstream from the
+  gateway and the outbound listener and never back; inbound answers with its own (conn_manager_impl.cc);
+  x-forwarded-client-cert is appended inbound over (stand-in) mTLS, removed otherwise
+  (conn_manager_utility.cc mutateXfccRequestHeader; docs/istio-facts.md);
 - peer metadata exchange (proxy.peer_metadata) and Istio's metric labels (proxy.telemetry).
 """
 
@@ -39,6 +49,7 @@ from localmesh.proxy import http1, peer_metadata
 from localmesh.proxy.http1 import CRLF, DATE, HOP_BY_HOP, LAST_CHUNK
 from localmesh.proxy.interfaces import DownstreamConnection
 from localmesh.proxy.state import UNKNOWN_SERVICE, Listener, ProxyState
+from localmesh.proxy.telemetry import HOST_KEYED
 from localmesh.proxy.upstream import Address, UpstreamConnection
 
 # Envoy's retry buffer limit is the connection buffer limit; bodies above it are not retried.
@@ -51,8 +62,9 @@ RETRY_BASE = 0.025  # Envoy's default retry back-off base interval (25 ms), full
 CONNECT_ERROR = b"upstream connect error or disconnect/reset before headers. "
 # Envoy's x-envoy-* request headers that only Envoy may set: removed from every request that is not
 # "internal" (envoy conn_manager_utility.cc mutateRequestHeaders and cleanInternalHeaders). Since
-# Envoy 1.36 no address is internal unless internal_address_config says so, and Istio sets none
-# (ENABLE_HCM_INTERNAL_NETWORKS is off), so every request is external.
+# Envoy 1.33 no address is internal unless internal_address_config says so, and Istio sets none
+# (ENABLE_HCM_INTERNAL_NETWORKS is off: istio/istio pilot/pkg/networking/core/gateway.go), so every
+# request is external, from loopback and private addresses too.
 ENVOY_INTERNAL = frozenset(
     (
         b"x-envoy-internal",
@@ -73,13 +85,20 @@ ENVOY_INTERNAL = frozenset(
     )
 )
 # Framing is never forwarded as received: the proxy writes its own content-length or chunking.
-SKIP_REQUEST = HOP_BY_HOP | peer_metadata.HEADERS | ENVOY_INTERNAL | {b"expect", b"content-length"}
+DECORATOR = b"x-envoy-decorator-operation"
+XFCC = b"x-forwarded-client-cert"
+# The decorator header is written by the proxy (see _build_head); x-forwarded-client-cert is removed
+# from every request that did not come over mutual TLS, as Envoy's sanitizing does for each of
+# Istio's listeners (APPEND_FORWARD inbound, SANITIZE_SET at gateways, Envoy's default SANITIZE
+# outbound: envoy conn_manager_utility.cc mutateXfccRequestHeader).
+SKIP_REQUEST = (
+    HOP_BY_HOP | peer_metadata.HEADERS | ENVOY_INTERNAL | {b"expect", b"content-length", DECORATOR, XFCC}
+)
 # An edge request (a gateway uses the remote address) also loses these, and its x-forwarded-proto,
 # x-envoy-external-address, x-forwarded-for and x-request-id are the gateway's own
 # (cleanInternalHeaders with edge_request; xff_num_trusted_hops is 0 in Istio's default gateway
 # topology; Istio leaves preserve_external_request_id off, so Envoy sets a new request ID at the edge).
 SKIP_EDGE = SKIP_REQUEST | {
-    b"x-envoy-decorator-operation",
     b"x-envoy-downstream-service-cluster",
     b"x-envoy-downstream-service-node",
     b"x-envoy-external-address",
@@ -90,7 +109,8 @@ SKIP_EDGE = SKIP_REQUEST | {
 FRAMING = frozenset((b"transfer-encoding", b"content-length", b"connection", b"te"))
 # server and x-envoy-upstream-service-time are set by this proxy, replacing an upstream proxy's
 # (Envoy's router overwrites the service-time header; proxy_headers.go overwrites server).
-SKIP_RESPONSE = HOP_BY_HOP | peer_metadata.HEADERS | {b"server", b"x-envoy-upstream-service-time"}
+# The decorator header of a response is the proxy's own too (set inbound, removed elsewhere).
+SKIP_RESPONSE = HOP_BY_HOP | peer_metadata.HEADERS | {b"server", b"x-envoy-upstream-service-time", DECORATOR}
 
 
 def request_id() -> bytes:
@@ -122,7 +142,7 @@ class Exchange:
         "conn_tokens",
         "content_length",
         "decision_cluster",
-        "discarding",
+        "decorated",
         "done",
         "down",
         "down_md",
@@ -140,6 +160,7 @@ class Exchange:
         "listener",
         "method",
         "mtls_upstream",
+        "operation",
         "pending",
         "pending_size",
         "refuse",
@@ -200,9 +221,10 @@ class Exchange:
         self.address: Address | None = None
         self.service: Service = UNKNOWN_SERVICE
         self.decision_cluster = ""
+        self.operation = b""  # the route's decorator operation, sent upstream (gateway, outbound)
+        self.decorated = False  # inbound: the caller sent its own decorator operation
         self.can_retry = False
         self.attempts = 0
-        self.discarding = False
         self.sent_at = 0.0
         self.resp_started = False
         self.resp_chunked = False
@@ -337,7 +359,9 @@ class Exchange:
             self.down.protocol_error(self.refuse, self)
             return
         if self.http10 and not listener.http10:
-            # Envoy's codec rejects HTTP/1.0 on listeners without accept_http_10.
+            # Envoy's codec rejects HTTP/1.0 on listeners without accept_http_10, before the
+            # connection manager sees the request: its answer and access log line are HTTP/1.1.
+            self.http10 = False
             self.down.protocol_error(426, self)
             return
         if self.body_framing == b"other":
@@ -382,6 +406,7 @@ class Exchange:
         if kind == "inbound":
             self.address = state.app
             self.service = state.service
+            self.can_retry = True  # reset-before-request
         elif kind == "gateway":
             decision = decide_ingress(table, authority.decode("latin-1"), path.decode("latin-1"))
             if decision is None:
@@ -396,6 +421,12 @@ class Exchange:
                 return
             decision = decide_outbound(table, host, port, "http")
             self._use(decision)
+            service = self.service
+            if decision.cluster in HOST_KEYED and service.host.encode() != authority:
+                # istio_stats names a passthrough or blackholed request's destination_service by the
+                # Host header as sent, port and case included (envoyproxy/envoy
+                # contrib/istio/filters/http/istio_stats/source/istio_stats.cc populatePeerInfo).
+                self.service = Service(authority.decode("latin-1"), service.name, service.namespace)
             if decision.upstream is None:
                 # BlackHoleCluster: Istio's block_all route is a direct response 502 with no body;
                 # a direct response sets no response flag.
@@ -411,8 +442,9 @@ class Exchange:
     def _use(self, decision: Decision) -> None:
         self.service = decision.service
         self.decision_cluster = decision.cluster
+        self.operation = decision.operation.encode()
         self.address = decision.upstream
-        self.can_retry = self.listener.retries and decision.cluster != PASSTHROUGH
+        self.can_retry = decision.cluster != PASSTHROUGH
         self.mtls_upstream = _mesh_service(decision.service)
 
     def _expects_continue(self) -> bool:
@@ -431,7 +463,7 @@ class Exchange:
         has_xfp = has_rid = has_host = False
         xff = None
         mx_id = mx_md = False
-        principal = None
+        principal = xfcc = None
         for name, value in headers:
             if name in skip:
                 if kind == "inbound":
@@ -442,6 +474,13 @@ class Exchange:
                         mx_id = True
                     elif name == peer_metadata.HEADER_PRINCIPAL:
                         principal = value
+                    elif name == DECORATOR:
+                        self.decorated = True
+                    elif name == XFCC:
+                        xfcc = value if xfcc is None else xfcc + b"," + value
+                elif name == DECORATOR and kind == "outbound" and not self.operation:
+                    # A route without a decorator (allow_any) leaves the app's own in place.
+                    out += (name, b": ", value, CRLF)
                 continue
             if name == b"host":
                 # Absolute-form: the Host of the URL wins (RFC 7230 5.7).
@@ -482,7 +521,20 @@ class Exchange:
             self.down_principal = principal
             if mx_md or principal is not None:
                 self.down_peer = self.state.peers.lookup(self.down_md, principal)
+            if principal:
+                # Over (stand-in) mutual TLS Istio's inbound appends the peer's certificate details:
+                # By=<own SAN>;Hash=<peer certificate digest>;Subject="";URI=<peer SAN> (APPEND_FORWARD
+                # with subject, uri and dns; istio/istio pilot/pkg/networking/core/listener_inbound.go).
+                # There is no certificate locally, so no Hash (docs/istio-facts.md).
+                own = self.state.identity.workload.principal
+                details = (
+                    (b"By=%s;" % own.encode() if own != "unknown" else b"") + b'Subject="";URI=' + principal
+                )
+                out += (XFCC, b": ", xfcc + b"," + details if xfcc else details, CRLF)
         else:
+            if self.operation:
+                # Egress: the route's decorator operation goes upstream (Envoy traceRequest).
+                out += (DECORATOR, b": ", self.operation, CRLF)
             identity = self.state.identity
             out += (peer_metadata.HEADER_ID, b": ", identity.id_value, CRLF)
             out += (peer_metadata.HEADER_METADATA, b": ", identity.metadata_value, CRLF)
@@ -533,20 +585,27 @@ class Exchange:
         if self.done:
             state.pool.give(conn)
             return
+        if conn.closed:
+            # The upstream reset the connection before the request could be written: a reset
+            # before request, retried like a failed connect.
+            self._connect_failed(b"connection termination", "UC")
+            return
         self._attach(conn)
 
-    def _connect_failed(self, reason: bytes) -> None:
+    def _connect_failed(self, reason: bytes, flag: str = "UF") -> None:
         if self.can_retry and self.attempts < RETRIES:
             self._schedule_retry()
             return
         retried = self.attempts > 0
         body = CONNECT_ERROR + (b"retried and the latest " if retried else b"") + b"reset reason: " + reason
-        self.local_reply(503, body, "URX,UF" if retried else "UF")
+        self.local_reply(503, body, "URX," + flag if retried else flag)
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
         conn.begin(self, self.head_request)
-        attempt = b"x-envoy-attempt-count: %d\r\n" % (self.attempts + 1) if self.listener.retries else b""
+        attempt = b""
+        if self.listener.attempt_count:
+            attempt = b"x-envoy-attempt-count: %d\r\n" % (self.attempts + 1)
         pending = self.pending
         self.sent_at = time.monotonic()
         conn.write(b"".join((self.head, attempt, CRLF, *pending)))
@@ -563,28 +622,15 @@ class Exchange:
         asyncio.get_running_loop().call_later(delay, self._retry)
 
     def _retry(self) -> None:
-        if self.done:
-            return
-        if self.written:
-            # Resend the whole body that was already sent once (kept in the retry buffer).
-            self.pending = list(self.replay or ())
-            self.pending_size = self.replay_size
-            self.written = False
-        self._acquire()
-
-    def _may_retry_response(self) -> bool:
-        return self.can_retry and self.attempts < RETRIES and self.req_complete and self.replay is not None
+        # Retries follow a failed connect only: nothing was written, the body still waits in pending.
+        if not self.done:
+            self._acquire()
 
     # --- response side (called by the upstream connection) ---------------------------------------
 
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         if self.done:
             return
-        if status == 503 and self._may_retry_response():
-            self.discarding = True
-            return
-        if status == 503 and self.can_retry and self.attempts >= RETRIES:
-            self.flags = "URX"
         listener = self.listener
         kind = listener.kind
         now = time.monotonic()
@@ -618,6 +664,7 @@ class Exchange:
         out += (b"server: ", listener.server, CRLF)
         out.append(b"x-envoy-upstream-service-time: %d\r\n" % int((now - self.sent_at) * 1000))
         if kind == "inbound":
+            out.append(self._inbound_decorator())
             identity = self.state.identity
             if self.down_mx_id:
                 out += (peer_metadata.HEADER_ID, b": ", identity.id_value, CRLF)
@@ -643,7 +690,7 @@ class Exchange:
         self._write(b"".join(out))
 
     def response_body(self, data: bytes) -> None:
-        if self.discarding or self.done or not data:
+        if self.done or not data:
             return
         self._write(http1.chunk(data) if self.resp_chunked else data)
 
@@ -656,10 +703,6 @@ class Exchange:
                 conn.close()
         if self.done:
             return
-        if self.discarding:
-            self.discarding = False
-            self._schedule_retry()
-            return
         if self.resp_chunked:
             self._write(LAST_CHUNK)
         self.finish()
@@ -668,10 +711,7 @@ class Exchange:
         self.upstream = None
         if self.done:
             return
-        if self.discarding:
-            self.discarding = False
-            self._schedule_retry()
-        elif self.resp_started:
+        if self.resp_started:
             # The upstream went away mid-response: the client's connection is reset too.
             self.flags = "UC"
             self.close_after = True
@@ -702,6 +742,14 @@ class Exchange:
         self.resp_bytes += len(data)
         self.down.write(data)
 
+    def _inbound_decorator(self) -> bytes:
+        """The decorator header an inbound response gets: the inbound route's operation, unless the
+        caller sent its own (Envoy's ingress tracing: conn_manager_impl.cc encodeHeaders); b"" else."""
+        operation = self.state.inbound_operation
+        if self.decorated or not operation:
+            return b""
+        return DECORATOR + b": " + operation + CRLF
+
     def local_reply(self, code: int, body: bytes, flags: str, close: bool = False) -> None:
         """Answer from the proxy itself (Envoy's sendLocalReply) and finish."""
         if self.done:
@@ -718,8 +766,10 @@ class Exchange:
         self.flags = flags
         self.close_after = close
         self.resp_started = True
+        # Inbound local replies after routing carry the decorator too (checked on Envoy 1.40).
+        extra = self._inbound_decorator() if self.listener.kind == "inbound" and self.started else b""
         self._write(
-            http1.local_reply(code, body, self.listener.server, close, self.http10, self.head_request)
+            http1.local_reply(code, body, self.listener.server, close, self.http10, self.head_request, extra)
         )
         self.finish()
 

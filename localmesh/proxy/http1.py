@@ -101,15 +101,23 @@ DATE = HttpDate()
 
 
 def local_reply(
-    code: int, body: bytes, server: bytes, close: bool = False, http10: bool = False, head: bool = False
+    code: int,
+    body: bytes,
+    server: bytes,
+    close: bool = False,
+    http10: bool = False,
+    head: bool = False,
+    extra: bytes = b"",
 ) -> bytes:
-    """An Envoy local reply (sendLocalReply): exact header set and order, text/plain body if any."""
+    """An Envoy local reply (sendLocalReply): exact header set and order, text/plain body if any.
+
+    extra: header lines the connection manager adds last (x-envoy-decorator-operation inbound)."""
     parts = [status_line(code, http10)]
     if body:
         parts.append(b"content-length: %d\r\ncontent-type: text/plain\r\n" % len(body))
-        parts.append(b"date: %s\r\nserver: %s\r\n" % (DATE.get(), server))
+        parts.append(b"date: %s\r\nserver: %s\r\n%s" % (DATE.get(), server, extra))
     else:
-        parts.append(b"date: %s\r\nserver: %s\r\ncontent-length: 0\r\n" % (DATE.get(), server))
+        parts.append(b"date: %s\r\nserver: %s\r\n%scontent-length: 0\r\n" % (DATE.get(), server, extra))
     if close:
         parts.append(b"connection: close\r\n")
     parts.append(CRLF)

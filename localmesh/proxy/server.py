@@ -33,7 +33,7 @@ from localmesh.proxy.state import Listener, ProxyState, Timeouts
 from localmesh.proxy.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, MAX_HOSTS_ENV, max_passthrough_hosts
 from localmesh.proxy.upstream import Address
 
-GATEWAY = Listener("gateway", b"istio-envoy", http10=True)
+GATEWAY = Listener("gateway", b"istio-envoy", http10=False)
 INBOUND = Listener("inbound", b"istio-envoy", http10=False)
 OUTBOUND = Listener("outbound", b"envoy", http10=False)
 
@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--http10",
         action="store_true",
-        help="sidecar: accept HTTP/1.0 (Istio's ISTIO_META_HTTP10; gateways always do)",
+        help="accept HTTP/1.0 (Istio's PILOT_HTTP10 / ISTIO_META_HTTP10); without it, gateway and "
+        "sidecar answer HTTP/1.0 with 426, as Istio's proxies do",
     )
     parser.add_argument(
         "--offline",
@@ -252,7 +253,7 @@ def _listeners(args: argparse.Namespace, parser: argparse.ArgumentParser) -> lis
     if args.role == "gateway":
         if args.listen is None:
             parser.error("--role gateway needs --listen HOST:PORT")
-        return [(GATEWAY, Endpoint("--listen", *args.listen))]
+        return [(Listener("gateway", GATEWAY.server, http10=args.http10), Endpoint("--listen", *args.listen))]
     missing = [flag for flag in ("inbound", "app", "outbound") if getattr(args, flag) is None]
     if missing:
         parser.error("--role sidecar needs " + ", ".join(f"--{flag} HOST:PORT" for flag in missing))

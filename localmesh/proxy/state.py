@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from localmesh.mesh.names import Service, Workload
-from localmesh.pilot.routes import RouteTable
+from localmesh.pilot.routes import RouteTable, trace_operation
 from localmesh.proxy.interfaces import DownstreamConnection, RequestLog
 from localmesh.proxy.peer_metadata import Identity, PeerCache
 from localmesh.proxy.telemetry import DEFAULT_MAX_PASSTHROUGH_HOSTS, Telemetry
@@ -39,8 +39,10 @@ class Listener:
 
     kind: "gateway", "inbound" or "outbound". server: the `server` header Envoy writes (Istio uses
     "istio-envoy" for gateways and inbound listeners and Envoy's default "envoy" for sidecar outbound:
-    istio/istio pilot/pkg/networking/util GetProxyHeadersFromProxyConfig). http10: accept HTTP/1.0
-    (Istio gateways do; sidecars answer 426 unless PILOT_HTTP10/ISTIO_META_HTTP10 is set).
+    istio/istio pilot/pkg/networking/util GetProxyHeadersFromProxyConfig). http10: accept HTTP/1.0;
+    Istio's gateways and sidecars answer it 426 unless PILOT_HTTP10 or the proxy's ISTIO_META_HTTP10
+    is set (istio/istio pilot/pkg/networking/core gateway.go buildGatewayConnectionManager,
+    listener_builder.go and listener_inbound.go: http_protocol_options.accept_http_10).
     """
 
     kind: str
@@ -53,9 +55,10 @@ class Listener:
         return "destination" if self.kind == "inbound" else "source"
 
     @property
-    def retries(self) -> bool:
-        # Istio's default retry policy (2 retries on connect-failure and 503) is on client-side
-        # routes (gateway and sidecar outbound), not on the inbound route nor the passthrough route.
+    def attempt_count(self) -> bool:
+        # x-envoy-attempt-count goes upstream from the virtual hosts that include it: the gateway's
+        # and the sidecar's outbound ones, not the inbound one (istio/istio
+        # pilot/pkg/networking/core/httproute.go IncludeRequestAttemptCount).
         return self.kind != "inbound"
 
 
@@ -76,6 +79,14 @@ def inbound_service(table: RouteTable) -> Service:
         return Service(host=svc.host, name=svc.name, namespace=svc.namespace)
     name = proxy.canonical_service if proxy.canonical_service != "unknown" else proxy.app
     return Service(host=f"{name}.{proxy.namespace}.svc.cluster.local", name=name, namespace=proxy.namespace)
+
+
+def inbound_operation(table: RouteTable, service: Service) -> bytes:
+    """The inbound route's decorator operation, host:port/* of the Service in front of the workload
+    (istio/istio pilot/pkg/networking/core/httproute.go buildSidecarInboundHTTPRouteConfig); b"" when
+    no mesh Service names it."""
+    port = next((s.port for s in table.mesh_services if s.host == service.host), None)
+    return trace_operation(service.host, port).encode() if port is not None else b""
 
 
 class ProxyState:
@@ -113,6 +124,7 @@ class ProxyState:
         self.own_mtls = proxy
         self.own_plain = dataclasses.replace(proxy, principal="unknown")
         self.service = inbound_service(table) if self.role == "sidecar" else UNKNOWN_SERVICE
+        self.inbound_operation = inbound_operation(table, self.service)
         self.table = table
 
     @property

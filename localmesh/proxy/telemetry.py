@@ -33,7 +33,7 @@ import os
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 
-from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH, Service, Workload
+from localmesh.mesh.names import BLACKHOLE, ISTIO_VERSION, PASSTHROUGH, Service, Workload
 
 # Distinct passthrough/blackhole hosts a proxy names before it reports "overflow": far above what a
 # mesh's unregistered egress normally shows (this demo: 1), small enough that the metrics page stays
@@ -42,7 +42,8 @@ DEFAULT_MAX_PASSTHROUGH_HOSTS = 100
 MAX_HOSTS_ENV = "LOCALMESH_MAX_PASSTHROUGH_HOSTS"
 OVERFLOW = "overflow"
 OVERFLOW_METRIC = "localmesh_telemetry_overflow_total"
-_HOST_KEYED = frozenset((PASSTHROUGH, BLACKHOLE))
+# The clusters whose destination_service is the request's Host (the others name their service).
+HOST_KEYED = frozenset((PASSTHROUGH, BLACKHOLE))
 
 BUCKETS: tuple[float, ...] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
@@ -81,20 +82,6 @@ HTTP_LABELS: tuple[str, ...] = (
     "connection_security_policy",
 )
 TCP_LABELS: tuple[str, ...] = (*PEER_LABELS, "response_flags", "connection_security_policy")
-
-HELP = {
-    "istio_requests_total": "Request count, incremented for every request handled by an Istio proxy.",
-    "istio_request_duration_milliseconds": "Request duration in milliseconds.",
-    "istio_request_bytes": "HTTP request size in bytes (headers and body, as received).",
-    "istio_response_bytes": "HTTP response size in bytes (headers and body, as sent).",
-    "istio_tcp_connections_opened_total": "TCP connections opened.",
-    "istio_tcp_connections_closed_total": "TCP connections closed.",
-    "istio_tcp_received_bytes_total": "Bytes received from the downstream of a TCP connection.",
-    "istio_tcp_sent_bytes_total": "Bytes sent to the downstream of a TCP connection.",
-    OVERFLOW_METRIC: 'Requests and connections recorded with destination_service="overflow" because '
-    "the proxy already names its maximum of distinct PassthroughCluster/BlackHoleCluster hosts "
-    f"({MAX_HOSTS_ENV}).",
-}
 
 
 def max_passthrough_hosts(env: Mapping[str, str] = os.environ) -> int:
@@ -222,7 +209,7 @@ class Telemetry:
     def _capped(self, source: Workload, service: Service) -> Service:
         """The service to record: itself, or its "overflow" stand-in for a passthrough or blackhole
         host beyond the cap (counted). Called only when a new series would be created."""
-        if service.name not in _HOST_KEYED or not self.max_passthrough_hosts or service.host in self._hosts:
+        if service.name not in HOST_KEYED or not self.max_passthrough_hosts or service.host in self._hosts:
             return service
         if len(self._hosts) < self.max_passthrough_hosts:
             self._hosts.add(service.host)
@@ -284,7 +271,12 @@ class Telemetry:
         return series
 
     def exposition(self) -> str:
-        """Prometheus text format 0.0.4: counters, then histograms, each family sorted by name."""
+        """Prometheus text format 0.0.4 as Envoy's /stats/prometheus writes it: counters, gauges,
+        then histograms, each family sorted by name, with a `# TYPE` line and no `# HELP` (envoy
+        source/server/admin/prometheus_stats.cc; checked on Envoy 1.40). The one gauge is istio_build,
+        which the istio_stats filter sets to 1 when it is configured (envoyproxy/envoy
+        contrib/istio/filters/http/istio_stats/source/istio_stats.cc: component="proxy", tag=the
+        proxy's ISTIO_VERSION)."""
         out: list[str] = []
         http = list(self._http.values())
         tcp = list(self._tcp.values())
@@ -298,17 +290,17 @@ class Telemetry:
         for name, series_list, attr in counters:
             if not series_list:
                 continue
-            out.append(f"# HELP {name} {HELP[name]}")
             out.append(f"# TYPE {name} counter")
             out.extend(f"{name}{{{s.labels}}} {getattr(s, attr)}" for s in series_list)
         if self._overflow:
-            out.append(f"# HELP {OVERFLOW_METRIC} {HELP[OVERFLOW_METRIC]}")
             out.append(f"# TYPE {OVERFLOW_METRIC} counter")
             names = ("source_workload", "source_workload_namespace", "destination_service_name")
             out.extend(
                 f"{OVERFLOW_METRIC}{{{render_labels(names, key)}}} {count}"
                 for key, count in self._overflow.items()
             )
+        out.append("# TYPE istio_build gauge")
+        out.append(f'istio_build{{component="proxy",tag="{ISTIO_VERSION}"}} 1')
         histograms = [
             ("istio_request_bytes", "request_bytes"),
             ("istio_request_duration_milliseconds", "duration"),
@@ -317,7 +309,6 @@ class Telemetry:
         for name, attr in histograms:
             if not http:
                 continue
-            out.append(f"# HELP {name} {HELP[name]}")
             out.append(f"# TYPE {name} histogram")
             for series in http:
                 histogram: Histogram = getattr(series, attr)
@@ -327,4 +318,4 @@ class Telemetry:
                     out.append(f'{name}_bucket{{{series.labels},le="{le}"}} {cumulative}')
                 out.append(f"{name}_sum{{{series.labels}}} {histogram.sum}")
                 out.append(f"{name}_count{{{series.labels}}} {cumulative}")
-        return "\n".join(out) + "\n" if out else ""
+        return "\n".join(out) + "\n"

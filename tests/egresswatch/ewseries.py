@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from istio_labels import GATEWAY_SOURCE, IDGEN_DESTINATION, ISTIO_LABELS
+from istio_labels import GATEWAY_SOURCE, GATEWAY_SOURCE_OWN, IDGEN_DESTINATION, ISTIO_LABELS
 
 # Label order of istio_requests_total as the proxy writes it (docs/istio-facts.md, "Istio's standard
 # metrics").
@@ -126,9 +126,9 @@ class Scenario:
 def gateway_to_idgen(codes: dict[str, float], flags: str = "-") -> tuple[list[Series], list[Series]]:
     """Gateway -> idgen as both proxies report it: the gateway (reporter=source) and idgen's sidecar
     (reporter=destination, source istio-ingressgateway via peer metadata)."""
-    src, dst = GATEWAY_SOURCE, IDGEN_DESTINATION
-    gw = [http("source", src, dst, code, rate, flags) for code, rate in codes.items()]
-    side = [http("destination", src, dst, code, rate, flags) for code, rate in codes.items()]
+    dst = IDGEN_DESTINATION
+    gw = [http("source", GATEWAY_SOURCE_OWN, dst, code, rate, flags) for code, rate in codes.items()]
+    side = [http("destination", GATEWAY_SOURCE, dst, code, rate, flags) for code, rate in codes.items()]
     return gw, side
 
 

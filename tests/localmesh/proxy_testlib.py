@@ -68,7 +68,8 @@ class BackgroundProxy:
         self.admin_port = free_port()
         if role == "gateway":
             self.listen_port = free_port()
-            listeners = [(GATEWAY, Endpoint("--listen", "127.0.0.1", self.listen_port))]
+            gateway = Listener("gateway", GATEWAY.server, http10)
+            listeners = [(gateway, Endpoint("--listen", "127.0.0.1", self.listen_port))]
         else:
             self.inbound_port = free_port()
             self.outbound_port = free_port()
@@ -247,6 +248,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"slow")
         elif url.path.startswith("/status/"):
             self._send(int(url.path.rsplit("/", 1)[1]), b"")
+        elif "status" in query:
+            # Any path (the gateway routes /id only) answers with the status asked for.
+            self._send(int(query["status"][0]), b"")
         elif url.path == "/drop":
             # Close the connection without answering.
             self.close_connection = True

@@ -464,6 +464,23 @@ def test_unsupported_fields_are_warned_about_with_file_resource_and_field(monkey
     ]
 
 
+def test_allow_any_dynamic_dns_is_refused_with_what_to_use_instead():
+    text = OPERATOR + "spec:\n  meshConfig: {outboundTrafficPolicy: {mode: ALLOW_ANY_DYNAMIC_DNS}}\n"
+    assert error_of(text) == (
+        "test.yaml: IstioOperator istio-system/x: spec.meshConfig.outboundTrafficPolicy.mode: "
+        "ALLOW_ANY_DYNAMIC_DNS (Istio 1.31's dynamic forward proxy for plain HTTP, reported under "
+        "AllowAnyDynamicDNSCluster) is not supported by localmesh; use ALLOW_ANY, which sends unknown "
+        "hosts to PassthroughCluster, or REGISTRY_ONLY"
+    )
+    sidecar = (
+        head("Sidecar", "s", "recipes") + "spec: {outboundTrafficPolicy: {mode: ALLOW_ANY_DYNAMIC_DNS}}\n"
+    )
+    assert error_of(sidecar) == (
+        "test.yaml: Sidecar recipes/s: spec.outboundTrafficPolicy.mode: ALLOW_ANY_DYNAMIC_DNS is only valid "
+        "in the mesh config, not in a Sidecar (Istio refuses it too); use ALLOW_ANY or REGISTRY_ONLY here"
+    )
+
+
 def test_istio_operator_install_settings_give_no_warning():
     text = (
         OPERATOR + "spec:\n  profile: demo\n"

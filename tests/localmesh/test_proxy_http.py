@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import socket
+import struct
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +34,7 @@ from proxy_testlib import (
     with_addresses,
 )
 
+from localmesh.proxy.exchange import CONNECT_ERROR
 from localmesh.proxy.server import build_parser
 from localmesh.proxy.state import Timeouts
 
@@ -181,9 +184,49 @@ def test_server_header_of_the_app_is_overwritten_on_inbound(app):
 # --- HTTP/1.0 ------------------------------------------------------------------------------------
 
 
-def test_http10_is_served_by_the_gateway_and_closed_after_the_response(app):
+def test_http10_is_refused_by_the_gateway_with_envoys_exact_426_log_line_and_metric(app, tmp_path):
+    """Istio's gateway accepts HTTP/1.0 only with PILOT_HTTP10 (istio/istio
+    pilot/pkg/networking/core/gateway.go); Envoy 1.40's codec then sends exactly this answer."""
     table = tables("passthrough", {"idgen.recipes.svc.cluster.local:80": app.address})["istio-ingressgateway"]
-    with BackgroundProxy("gateway", table) as gateway, connect(gateway.listen_port) as sock:
+    log = (tmp_path / "access.log").open("w+")
+    with BackgroundProxy("gateway", table, access_log=log) as gateway:
+        with connect(gateway.listen_port) as sock:
+            sock.sendall(b"GET /id HTTP/1.0\r\nHost: site\r\nUser-Agent: old\r\n\r\n")
+            raw = read_response(sock)[3]
+            assert closed_by_peer(sock)
+        metrics = gateway.metrics()
+    assert re.fullmatch(
+        rb"HTTP/1\.1 426 Upgrade Required\r\ncontent-length: 16\r\ncontent-type: text/plain\r\n"
+        rb"date: " + DATE.encode() + rb"\r\nserver: istio-envoy\r\nconnection: close\r\n\r\nUpgrade Required",
+        raw,
+    ), raw
+    assert app.requests == []
+    log.seek(0)
+    line = log.read()
+    local = f"127.0.0.1:{gateway.listen_port}"
+    assert re.fullmatch(
+        r"\[[0-9T:.-]+Z\] \"- - HTTP/1\.1\" 426 DPE low_version - \"-\" 0 16 \d+ - "
+        r"\"-\" \"-\" \"-\" \"-\" \"-\" - - " + re.escape(local) + r" 127\.0\.0\.1:\d+ - -\n",
+        line,
+    ), line
+    assert (
+        value(
+            metrics,
+            "istio_requests_total",
+            reporter="source",
+            source_workload="istio-ingressgateway",
+            destination_service="unknown",
+            destination_service_name="unknown",
+            response_code="426",
+            response_flags="DPE",
+        )
+        == 1
+    )
+
+
+def test_http10_is_served_by_the_gateway_when_enabled_and_closed_after_the_response(app):
+    table = tables("passthrough", {"idgen.recipes.svc.cluster.local:80": app.address})["istio-ingressgateway"]
+    with BackgroundProxy("gateway", table, http10=True) as gateway, connect(gateway.listen_port) as sock:
         sock.sendall(b"GET /id HTTP/1.0\r\nHost: site\r\n\r\n")
         status, _, body, raw = read_response(sock)
         assert raw.startswith(b"HTTP/1.0 200 OK\r\n")
@@ -193,7 +236,7 @@ def test_http10_is_served_by_the_gateway_and_closed_after_the_response(app):
 
 def test_http10_keep_alive_is_kept_when_asked(app):
     table = tables("passthrough", {"idgen.recipes.svc.cluster.local:80": app.address})["istio-ingressgateway"]
-    with BackgroundProxy("gateway", table) as gateway, connect(gateway.listen_port) as sock:
+    with BackgroundProxy("gateway", table, http10=True) as gateway, connect(gateway.listen_port) as sock:
         for _ in range(2):
             sock.sendall(b"GET /id HTTP/1.0\r\nHost: site\r\nConnection: keep-alive\r\n\r\n")
             status, headers, _, _ = read_response(sock)
@@ -202,8 +245,9 @@ def test_http10_keep_alive_is_kept_when_asked(app):
 
 def test_http10_is_refused_by_a_sidecar_with_426_as_istio_does_by_default(app):
     with sidecar(app) as proxy:
-        status, headers, body, _ = exchange(proxy.inbound_port, b"GET /ok HTTP/1.0\r\n\r\n")
+        status, headers, body, raw = exchange(proxy.inbound_port, b"GET /ok HTTP/1.0\r\n\r\n")
         metrics = proxy.metrics()
+    assert raw.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")  # as Envoy's codec answers
     assert (status, body, headers["connection"]) == (426, b"Upgrade Required", "close")
     assert value(metrics, "istio_requests_total", response_code="426", response_flags="DPE") == 1
 
@@ -331,6 +375,40 @@ def test_gateway_without_a_route_answers_404_nr_with_no_body(app):
     assert value(metrics, "istio_requests_total", response_code="404", response_flags="NR") == 1
 
 
+@pytest.mark.parametrize(
+    ("overlay", "cluster", "code"),
+    [("passthrough", "PassthroughCluster", 200), ("blackhole", "BlackHoleCluster", 502)],
+)
+def test_unregistered_destination_service_is_the_host_header_as_sent(app, overlay, cluster, code):
+    """istio_stats takes destination_service from the Host header, port and case included, for
+    PassthroughCluster and BlackHoleCluster (envoyproxy/envoy contrib/istio/filters/http/istio_stats)."""
+    with sidecar(app, overlay) as proxy:
+        for host in ("httpbin.org", "httpbin.org:80", "HttpBin.org"):
+            request = f"GET /uuid HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+            assert exchange(proxy.outbound_port, request)[0] == code
+        metrics = proxy.metrics()
+    for host in ("httpbin.org", "httpbin.org:80", "HttpBin.org"):
+        assert (
+            value(metrics, "istio_requests_total", destination_service=host, destination_service_name=cluster)
+            == 1
+        )
+
+
+@pytest.mark.parametrize(
+    ("overlay", "operation"), [("serviceentry", "httpbin.org:80/*"), ("passthrough", "mine")]
+)
+def test_outbound_sends_the_routes_decorator_operation_and_no_client_cert(app, overlay, operation):
+    """A registered host's default route has pilot's decorator (TraceOperation), which replaces the
+    app's; allow_any has none, so the app's passes. An app's own XFCC is sanitized (Envoy's default
+    on Istio's outbound listeners)."""
+    with sidecar(app, overlay) as proxy:
+        extra = "X-Envoy-Decorator-Operation: mine\r\nX-Forwarded-Client-Cert: By=app\r\n"
+        assert exchange(proxy.outbound_port, get("/echo", extra=extra))[0] == 200
+    seen = app.requests[-1]["headers"]
+    assert seen.get("x-envoy-decorator-operation") == operation
+    assert "x-forwarded-client-cert" not in seen
+
+
 def test_refused_passthrough_upstream_gets_503_uf(app):
     with sidecar(app, httpbin=("127.0.0.1", closed_port())) as proxy:
         status, headers, body, _ = exchange(proxy.outbound_port, get("/uuid"))
@@ -356,19 +434,83 @@ def test_refused_serviceentry_upstream_is_retried_then_503_urx_uf(app):
     assert value(metrics, "istio_requests_total", response_code="503", response_flags="URX,UF") == 1
 
 
-def test_503_from_a_serviceentry_upstream_is_retried_twice_as_istio_default_policy(app):
+def test_503_from_a_serviceentry_upstream_goes_straight_back_as_istio_default_policy(app):
+    """Istio's default retry policy retries no status code since 1.24 (istio/istio
+    pilot/pkg/networking/core/route/retry/retry.go defaultRetryOn): one attempt, no URX."""
     with sidecar(app, "serviceentry") as proxy:
         status, _, _, _ = exchange(proxy.outbound_port, get("/status/503"))
         metrics = proxy.metrics()
     assert status == 503
-    assert [r["headers"]["x-envoy-attempt-count"] for r in app.requests] == ["1", "2", "3"]
-    assert value(metrics, "istio_requests_total", response_code="503", response_flags="URX") == 1
+    assert [r["headers"]["x-envoy-attempt-count"] for r in app.requests] == ["1"]
+    assert value(metrics, "istio_requests_total", response_code="503", response_flags="-") == 1
+
+
+def test_503_from_idgen_goes_through_the_gateway_once(app):
+    table = tables("passthrough", {"idgen.recipes.svc.cluster.local:80": app.address})["istio-ingressgateway"]
+    with BackgroundProxy("gateway", table) as gateway:
+        status = exchange(gateway.listen_port, b"GET /id?status=503 HTTP/1.1\r\nHost: site\r\n\r\n")[0]
+        metrics = gateway.metrics()
+    assert status == 503
+    assert [r["headers"]["x-envoy-attempt-count"] for r in app.requests] == ["1"]
+    assert value(metrics, "istio_requests_total", response_code="503", response_flags="-") == 1
 
 
 def test_503_through_passthrough_is_not_retried(app):
     with sidecar(app) as proxy:
         assert exchange(proxy.outbound_port, get("/status/503"))[0] == 503
     assert len(app.requests) == 1
+
+
+def test_inbound_retries_an_app_that_refuses_the_connection_twice_as_reset_before_request(app):
+    """Istio's inbound route retries twice on reset-before-request (istio/istio
+    pilot/pkg/networking/core/route/route.go BuildDefaultHTTPInboundRoute): a connection the app
+    refuses is one; real Envoy answers this 503 flagged URX,UF after three connect attempts."""
+    table = tables("passthrough", {"httpbin.org:80": app.address})["idgen"]
+    with BackgroundProxy("sidecar", table, app=("127.0.0.1", closed_port())) as proxy:
+        status, headers, body, _ = exchange(proxy.inbound_port, b"GET /id HTTP/1.1\r\nHost: idgen\r\n\r\n")
+        metrics = proxy.metrics()
+    assert (status, headers["server"]) == (503, "istio-envoy")
+    # Envoy's inbound local reply carries the route's decorator too.
+    assert headers["x-envoy-decorator-operation"] == "idgen.recipes.svc.cluster.local:80/*"
+    assert body.startswith(
+        b"upstream connect error or disconnect/reset before headers. retried and the latest reset reason: "
+        b"remote connection failure"
+    )
+    assert value(metrics, "istio_requests_total", reporter="destination", response_flags="URX,UF") == 1
+
+
+def test_inbound_does_not_retry_an_app_that_resets_before_answering(app):
+    """reset-before-request covers resets before the request went out: an app that reads the
+    request and then resets the connection gets it once, and the caller a 503 UC, as from Envoy."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def reset_each() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.recv(65536)  # the request arrived: the reset comes after it
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # linger 0: the close is a reset
+
+    thread = threading.Thread(target=reset_each, daemon=True)
+    thread.start()
+    table = tables("passthrough", {"httpbin.org:80": app.address})["idgen"]
+    try:
+        with BackgroundProxy("sidecar", table, app=listener.getsockname()) as proxy:
+            status, _, body, _ = exchange(proxy.inbound_port, b"GET /id HTTP/1.1\r\nHost: idgen\r\n\r\n")
+            metrics = proxy.metrics()
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        listener.close()
+        thread.join(5)
+    assert status == 503
+    assert body == CONNECT_ERROR + b"reset reason: connection termination"
+    assert len(accepted) == 1
+    assert value(metrics, "istio_requests_total", reporter="destination", response_flags="UC") == 1
 
 
 def test_upstream_closing_without_an_answer_gets_503_uc(app):

@@ -162,12 +162,38 @@ def test_gateway_identity_reaches_the_sidecar_metrics_and_never_the_app(mesh, ga
             source_workload="istio-ingressgateway",
             source_workload_namespace="istio-system",
             source_principal=GATEWAY_SOURCE["source_principal"],
+            # Its own series: no version label, no value (istio_stats writes own labels as they are).
+            source_version="",
             **IDGEN_DESTINATION,
             connection_security_policy="unknown",
             response_code="200",
         )
         == 1
     )
+
+
+def test_decorator_and_client_cert_headers_through_gateway_and_sidecar_as_istio_sets_them(mesh, gateway):
+    """Envoy's tracing headers (conn_manager_impl.cc): the gateway (an egress listener in Istio) sends
+    its route's decorator operation upstream and strips it from the answer; the inbound listener
+    takes it off the request. Over (stand-in) mTLS the inbound sidecar appends XFCC."""
+    status, headers, _ = http_get(mesh.gateway, "/id", host="127.0.0.1")
+    assert status == 200 and "x-envoy-decorator-operation" not in headers
+    seen = mesh.app.requests[-1]["headers"]
+    assert "x-envoy-decorator-operation" not in seen
+    assert seen["x-forwarded-client-cert"] == (
+        'By=spiffe://cluster.local/ns/recipes/sa/idgen;Subject="";'
+        "URI=spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+    )
+
+
+def test_a_direct_caller_gets_the_inbound_decorator_and_no_client_cert_reaches_the_app(mesh, sidecar):
+    request = b"GET /id HTTP/1.1\r\nHost: idgen\r\nX-Forwarded-Client-Cert: By=forged\r\n\r\n"
+    status, headers, _, _ = exchange(mesh.inbound, request)
+    assert status == 200
+    # pilot's inbound route: TraceOperation(host, port) (httproute.go buildSidecarInboundHTTPRouteConfig)
+    assert headers["x-envoy-decorator-operation"] == f"{IDGEN_FQDN}:80/*"
+    # No (stand-in) mTLS: Envoy sanitizes XFCC instead of appending to it.
+    assert "x-forwarded-client-cert" not in mesh.app.requests[-1]["headers"]
 
 
 def test_a_caller_without_a_proxy_is_unknown_to_the_sidecar(mesh, sidecar):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from istio_labels import GATEWAY_SOURCE, IDGEN_DESTINATION, ISTIO_LABELS
+from istio_labels import GATEWAY_SOURCE, GATEWAY_SOURCE_OWN, IDGEN_DESTINATION, ISTIO_LABELS
 
 from localmesh.stack.driver import LocalStack, start_stack
 from localmesh.stack.procs import pid_alive, port_in_use
@@ -167,11 +167,11 @@ def test_gateway_and_inbound_series_carry_the_exchanged_identities(stack: LocalS
         "grpc_response_status": "",
         "response_flags": "-",
     }
-    gateway_source = GATEWAY_SOURCE
-    # idgen's sidecar reports the call as its destination, knowing the gateway through metadata exchange.
+    # idgen's sidecar reports the call as its destination, knowing the gateway through metadata
+    # exchange (the gateway's missing version label is "unknown" there).
     reported_by_sidecar = {
         "reporter": "destination",
-        **gateway_source,
+        **GATEWAY_SOURCE,
         **idgen_destination,
         "connection_security_policy": "mutual_tls",
     }
@@ -179,7 +179,7 @@ def test_gateway_and_inbound_series_carry_the_exchanged_identities(stack: LocalS
     # The gateway reports the same call as its source; reporter=source has an unknown security policy.
     reported_by_gateway = {
         "reporter": "source",
-        **gateway_source,
+        **GATEWAY_SOURCE_OWN,
         **idgen_destination,
         "connection_security_policy": "unknown",
     }

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from istio_labels import ISTIO_LABELS
 
-from localmesh.mesh.names import UNKNOWN, Service, Workload
+from localmesh.mesh.names import ISTIO_VERSION, UNKNOWN, Service, Workload
 from localmesh.proxy.telemetry import HTTP_LABELS, TCP_LABELS, Telemetry, escape
+from localmesh.stack.topology import ROOT
 
 IDGEN = Workload("idgen", "recipes", "idgen", "v1", "idgen", "v1", "unknown", "Kubernetes")
 PASSTHROUGH = Service("httpbin.org", "PassthroughCluster", "unknown")
@@ -32,8 +33,7 @@ def test_http_series_exposition_exact():
         'response_code="200",grpc_response_status="",response_flags="-",connection_security_policy="unknown"'
     )
     lines = text.splitlines()
-    assert lines[:3] == [
-        "# HELP istio_requests_total Request count, incremented for every request handled by an Istio proxy.",
+    assert lines[:2] == [
         "# TYPE istio_requests_total counter",
         f"istio_requests_total{{{labels}}} 2",
     ]
@@ -92,5 +92,29 @@ def test_label_values_are_escaped():
     assert 'destination_service="we\\"ird\\\\host\\n"' in telemetry.exposition()
 
 
-def test_empty_registry_exports_nothing():
-    assert Telemetry().exposition() == ""
+def test_a_proxy_without_traffic_exports_istio_build_only():
+    assert Telemetry().exposition() == (
+        '# TYPE istio_build gauge\nistio_build{component="proxy",tag="1.31.0"} 1\n'
+    )
+
+
+def test_exposition_has_type_lines_only_and_istio_build_between_counters_and_histograms():
+    """Envoy's /stats/prometheus: no # HELP; counters, then gauges, then histograms."""
+    telemetry = Telemetry()
+    telemetry.http("source", IDGEN, UNKNOWN, PASSTHROUGH, 200, "-", "unknown").observe(3, 120, 300)
+    lines = telemetry.exposition().splitlines()
+    assert not [line for line in lines if line.startswith("# HELP")]
+    types = [line.split()[2:] for line in lines if line.startswith("# TYPE")]
+    assert types == [
+        ["istio_requests_total", "counter"],
+        ["istio_build", "gauge"],
+        ["istio_request_bytes", "histogram"],
+        ["istio_request_duration_milliseconds", "histogram"],
+        ["istio_response_bytes", "histogram"],
+    ]
+    assert 'istio_build{component="proxy",tag="1.31.0"} 1' in lines
+
+
+def test_istio_build_names_the_version_the_cluster_path_pins():
+    versions = (ROOT / "scripts" / "versions.env").read_text()
+    assert f"ISTIO_VERSION={ISTIO_VERSION}\n" in versions
