@@ -19,13 +19,16 @@ from localmesh.mesh.model import MeshState
 from localmesh.mesh.names import (
     ALLOW_ANY,
     BLACKHOLE,
+    CLUSTER_ID,
     GATEWAY_LABELS,
     GATEWAY_NAMESPACE,
     INGRESS_GATEWAY,
     PASSTHROUGH,
     REGISTRY_ONLY,
+    UNKNOWN,
     Service,
     Workload,
+    canonical_service,
     resolve_host,
     spiffe_principal,
 )
@@ -39,12 +42,15 @@ class Decision:
     cluster: Envoy's cluster name: "outbound|80||httpbin.org", PASSTHROUGH or BLACKHOLE.
     upstream: (ip, port) to connect to; None means BlackHoleCluster (HTTP: direct 502; TCP: close).
     protocol: "http" or "tcp" (TCP for CONNECT tunnels and non-HTTP ServiceEntry ports).
+    peer: the destination workload the upstream endpoint's metadata names, which a client-side reporter
+    uses when the peer sends no metadata of its own (UNKNOWN: none, as for PassthroughCluster).
     """
 
     cluster: str
     service: Service
     upstream: tuple[str, int] | None
     protocol: str
+    peer: Workload = UNKNOWN
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,6 +85,8 @@ class ServiceEntryRoute:
     # Where to connect, before the addresses map: the endpoint (STATIC, or DNS with endpoints), the
     # host itself (DNS without endpoints); empty = the original destination (resolution NONE).
     endpoints: tuple[tuple[str, int], ...] = ()
+    # The workload the endpoint's telemetry metadata names (see endpoint_peer); UNKNOWN: none.
+    peer: Workload = UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class IngressRoute:
     cluster: str
     service: Service
     upstream: tuple[str, int]  # host and port to connect to, before the addresses map
+    peer: Workload = UNKNOWN  # the workload the endpoint's metadata names (Decision.peer)
 
 
 @dataclass(frozen=True)
@@ -254,12 +263,38 @@ def _with_version(table: RouteTable) -> RouteTable:
     return replace(table, version=digest)
 
 
+def endpoint_peer(name: str, namespace: str) -> Workload:
+    """The endpoint Istio (1.30 and later) gives a DNS ServiceEntry without endpoints, as the client
+    sidecar's metrics read it: workload name the ServiceEntry's name, its namespace, no labels.
+
+    istio/istio pilot/pkg/serviceregistry/serviceentry/conversion.go convertServiceEntryToInstances
+    (Namespace: cfg.Namespace, WorkloadName: cfg.Name, Labels: nil, ClusterID); pilot/pkg/networking/
+    util/util.go AppendLbEndpointMetadata encodes it as "name;namespace;canonical name;revision;cluster"
+    with the canonical name from the workload name (no labels) and "latest" sent as "". istio_stats
+    (envoyproxy/envoy contrib/istio/filters/http/istio_stats, populatePeerInfo) falls back to it on the
+    client side: an empty revision reads "latest"; app, version and principal, absent from the encoding,
+    read "unknown".
+    """
+    canonical, revision = canonical_service({}, name)
+    return replace(
+        UNKNOWN,
+        name=name,
+        namespace=namespace,
+        canonical_service=canonical,
+        canonical_revision=revision,
+        cluster=CLUSTER_ID,
+    )
+
+
 def _service_entry_routes(state: MeshState, namespace: str) -> tuple[ServiceEntryRoute, ...]:
     """The ServiceEntries exported to `namespace` (istiod sends a proxy only what it may see)."""
     routes = []
     for entry in state.service_entries:
         if not entry.visible_to(namespace):
             continue
+        dns = entry.resolution in ("DNS", "DNS_ROUND_ROBIN")
+        # Only a DNS entry without endpoints gets the endpoint named after it (conversion.go above).
+        peer = endpoint_peer(entry.name, entry.namespace) if dns and not entry.endpoints else UNKNOWN
         for host in entry.hosts:
             for port in entry.ports:
                 target = port.target_port or port.number
@@ -267,7 +302,7 @@ def _service_entry_routes(state: MeshState, namespace: str) -> tuple[ServiceEntr
                     endpoints = tuple(
                         (ep.address.lower(), ep.ports.get(port.name, target)) for ep in entry.endpoints
                     )
-                elif entry.resolution in ("DNS", "DNS_ROUND_ROBIN"):
+                elif dns:
                     endpoints = ((host, target),)
                 else:
                     endpoints = ()  # NONE: the original destination
@@ -280,6 +315,7 @@ def _service_entry_routes(state: MeshState, namespace: str) -> tuple[ServiceEntr
                         entry.name,
                         entry.resolution,
                         endpoints,
+                        peer,
                     )
                 )
     return tuple(routes)
@@ -354,7 +390,7 @@ def _ingress_routes(state: MeshState) -> tuple[IngressRoute, ...]:
                     )
                     if dest is None:  # parse() warned about it
                         continue
-                    cluster, service, upstream = dest
+                    cluster, service, upstream, peer = dest
                     for m in rule.matches or ():
                         if m.kind in ("exact", "prefix"):
                             routes.append(
@@ -368,6 +404,7 @@ def _ingress_routes(state: MeshState) -> tuple[IngressRoute, ...]:
                                     cluster,
                                     service,
                                     upstream,
+                                    peer,
                                 )
                             )
                     if not rule.matches:
@@ -382,6 +419,7 @@ def _ingress_routes(state: MeshState) -> tuple[IngressRoute, ...]:
                                 cluster,
                                 service,
                                 upstream,
+                                peer,
                             )
                         )
     return tuple(dict.fromkeys(routes))  # a VirtualService bound twice to one Gateway routes once
@@ -389,7 +427,7 @@ def _ingress_routes(state: MeshState) -> tuple[IngressRoute, ...]:
 
 def _destination(
     state: MeshState, host: str, port: int | None
-) -> tuple[str, Service, tuple[str, int]] | None:
+) -> tuple[str, Service, tuple[str, int], Workload] | None:
     """A route destination's cluster, metric labels and upstream, from a Service or a ServiceEntry."""
     svc = state.service(host)
     if svc is not None:
@@ -397,7 +435,7 @@ def _destination(
             port = svc.ports[0].port
         if port is None or port not in (p.port for p in svc.ports):
             return None
-        return cluster_name(host, port), Service(host, svc.name, svc.namespace), (host, port)
+        return cluster_name(host, port), Service(host, svc.name, svc.namespace), (host, port), UNKNOWN
     entry = next(
         (e for e in state.service_entries if host in e.hosts and e.visible_to(GATEWAY_NAMESPACE)), None
     )
@@ -411,7 +449,7 @@ def _destination(
     if route is None or port is None:
         return None
     upstream = route.endpoints[0] if route.endpoints else (host, port)
-    return cluster_name(host, port), Service(host, host, entry.namespace), upstream
+    return cluster_name(host, port), Service(host, host, entry.namespace), upstream, route.peer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -477,13 +515,14 @@ def _decide_outbound(table: RouteTable, host: str, port: int, protocol: str) -> 
     if isinstance(route, ServiceEntryRoute) and not (protocol == "http" and route.protocol in _TLS_PROTOCOLS):
         target = route.endpoints[0] if route.endpoints else (name, port)
         wire = "http" if protocol == "http" and route.protocol in _HTTP_PROTOCOLS else "tcp"
-        # destination_service(_name) is the entry's host; its namespace the ServiceEntry's
-        # (docs/istio-facts.md).
+        # destination_service(_name) is the entry's host; its namespace the ServiceEntry's; the
+        # destination workload its endpoint's (docs/istio-facts.md).
         return Decision(
             cluster_name(route.host, port),
             Service(route.host, route.host, route.namespace),
             _connect(table.addresses, *target),
             wire,
+            route.peer,
         )
     # No registered host: the outbound policy decides. Istio's sidecar sends it to the "allow_any"
     # virtual host / passthrough filter chain (PassthroughCluster) under ALLOW_ANY, else to "block_all"
@@ -542,5 +581,7 @@ def _decide_ingress(table: RouteTable, authority: str, path: str) -> Decision | 
         if (route.match == "exact" and path == route.path) or (
             route.match == "prefix" and path.startswith(route.path)
         ):
-            return Decision(route.cluster, route.service, _connect(table.addresses, *route.upstream), "http")
+            return Decision(
+                route.cluster, route.service, _connect(table.addresses, *route.upstream), "http", route.peer
+            )
     return None

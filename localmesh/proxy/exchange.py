@@ -412,6 +412,8 @@ class Exchange:
         self.service = decision.service
         self.decision_cluster = decision.cluster
         self.address = decision.upstream
+        # The endpoint's metadata names the destination until (unless) the peer answers with its own.
+        self.up_peer = decision.peer
         self.can_retry = self.listener.retries and decision.cluster != PASSTHROUGH
         self.mtls_upstream = _mesh_service(decision.service)
 
