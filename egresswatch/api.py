@@ -23,7 +23,7 @@ from pathlib import Path
 from egresswatch import exposition, prom, render
 from egresswatch.errors import EgressWatchError
 from egresswatch.exposition import SeriesKey, Snapshot
-from egresswatch.graph import Graph, build_graph
+from egresswatch.graph import DEFAULT_GRAPH_TYPE, Graph, build_graph
 from egresswatch.promql import REQUESTS
 from egresswatch.render import CSS, render_svg
 from egresswatch.report import breakdown, build_report, fmt_count, make_source, render_table
@@ -63,13 +63,15 @@ def write_graph(
     baseline: Snapshot | None = None,
     scrape_interval: float = 10.0,
     title: str | None = None,
+    graph_type: str = DEFAULT_GRAPH_TYPE,
 ) -> Graph:
-    """Build the namespace graph and write OUT (.svg) and the page next to it (.html).
+    """Build the namespace graph (Kiali's versioned-app graph by default, or "workload") and write OUT
+    (.svg) and the page next to it (.html).
 
     rates="counts" by default here: a demo step sends a short burst, which Kiali's rate() can miss.
     """
     src = make_source(source, window, scrape_interval=scrape_interval, baseline=baseline)
-    graph = build_graph(src, namespace, rates=rates)
+    graph = build_graph(src, namespace, rates=rates, graph_type=graph_type)
     render.write_graph(graph, out, title=title, subtitle=src.where())
     return graph
 

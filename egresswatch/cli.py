@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from egresswatch import console, localstack, lockdown, render, report, suggest
 from egresswatch.errors import EgressWatchError, UsageError
-from egresswatch.graph import build_graph
+from egresswatch.graph import DEFAULT_GRAPH_TYPE, GRAPH_TYPES, build_graph
 from egresswatch.promql import Window
 from egresswatch.source import PrometheusSource, ProxiesSource, Source
 
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="edge rates from Kiali's rate() query (default; falls back to counts when rate() sees "
         "nothing) or always count / window (sees short bursts too)",
     )
+    _graph_type(p)
 
     p = sub.add_parser(
         "console", help="a live page with the graph and the report, refreshed every few seconds"
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="30s",
         help="rate() window of the requests/s chart; at least 2 scrape intervals (default %(default)s)",
     )
+    _graph_type(p, console=True)
 
     p = sub.add_parser("suggest", help="ServiceEntry YAML for every host seen through PassthroughCluster")
     _common(p)
@@ -223,6 +225,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _graph_type(p: argparse.ArgumentParser, console: bool = False) -> None:
+    more = "; the page's ?graphType=workload|versionedApp picks one per view" if console else ""
+    p.add_argument(
+        "--graph-type",
+        choices=GRAPH_TYPES,
+        default=DEFAULT_GRAPH_TYPE,
+        help="Kiali's graph type: versionedApp (default, as Kiali's UI opens: one node per app and "
+        f"version) or workload (one node per workload){more}",
+    )
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     if args.all_namespaces:
         raise UsageError("graph draws one namespace, as Kiali's namespace graph does: pass --namespace")
@@ -231,7 +244,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
             "the graph shows rates: use two scrapes (--proxies without --since-start) or Prometheus"
         )
     source = make_source(args)
-    graph = build_graph(source, args.namespace, rates=args.rates)
+    graph = build_graph(source, args.namespace, rates=args.rates, graph_type=args.graph_type)
     svg_path, html_path = render.write_graph(graph, args.out, subtitle=source.where())
     if args.json:
         print(json.dumps(graph.to_dict(), indent=2))
@@ -265,7 +278,13 @@ def cmd_console(args: argparse.Namespace) -> int:
         factory = functools.partial(_prometheus_source, args)
         label = f"Prometheus {prometheus}"
     con = console.Console(
-        factory, args.namespace, args.refresh, label, prometheus=prometheus, chart_rate=args.chart_rate
+        factory,
+        args.namespace,
+        args.refresh,
+        label,
+        prometheus=prometheus,
+        chart_rate=args.chart_rate,
+        graph_type=args.graph_type,
     )
     with contextlib.suppress(KeyboardInterrupt):
         console.serve(con, args.host, args.port)

@@ -7,6 +7,9 @@ place, so an open PromQL panel stays open; without JavaScript it reloads itself.
 are the report's counts divided by the window (`rates="counts"`): one page, one set of numbers.
 Bound to 127.0.0.1 by default; port 20001 is Kiali's (config.go Server.Port).
 Routes: / (page), /api/live, /graph.svg, /chart.svg, /api/graph, /api/report, /api/alerts, /healthz.
+The graph is Kiali's versioned-app graph unless `--graph-type` says otherwise; `?graphType=workload` (or
+`versionedApp`), Kiali's own URL parameter, picks one for a page, /graph.svg or /api/graph. Both are
+built at every refresh from the same query results.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import datetime as dt
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -23,7 +27,7 @@ from typing import Any
 
 from egresswatch import alerts, exposition, localstack, render, timeseries
 from egresswatch.errors import EgressWatchError, UsageError
-from egresswatch.graph import Graph, build_graph
+from egresswatch.graph import DEFAULT_GRAPH_TYPE, GRAPH_TYPES, Graph, build_graphs
 from egresswatch.prom import PrometheusClient
 from egresswatch.report import Report, build_report, to_json
 from egresswatch.source import METRICS, ProxiesSource, Source
@@ -38,7 +42,7 @@ RATES_NOTE = (
 
 @dataclass
 class View:
-    graph: Graph | None = None
+    graphs: dict[str, Graph] = field(default_factory=dict)  # by graph type
     report: Report | None = None
     error: str | None = None
     updated: float = 0.0
@@ -61,6 +65,7 @@ class Console:
         label: str,
         prometheus: str | None = None,
         chart_rate: str = "30s",
+        graph_type: str = DEFAULT_GRAPH_TYPE,
     ) -> None:
         self.source_factory = source_factory
         self.namespace = namespace
@@ -68,6 +73,7 @@ class Console:
         self.label = label
         self.prometheus = PrometheusClient(prometheus) if prometheus else None
         self.chart_rate = chart_rate
+        self.graph_type = graph_type  # the one a request that names none gets
         self.view = View(error="Waiting for the first data...")
         self._stop = threading.Event()
 
@@ -76,14 +82,14 @@ class Console:
         view.applied = localstack.applied(self.prometheus.url if self.prometheus else None)
         try:
             source = self.source_factory()  # one source per refresh: graph and report see the same numbers
-            view.graph = build_graph(source, self.namespace, rates="counts")
+            view.graphs = build_graphs(source, self.namespace, rates="counts")
             view.report = build_report(source, self.namespace, egress_only=True)
             view.where = source.where()
             done = getattr(self.source_factory, "done", None)
             if done:
                 done(source)
         except EgressWatchError as err:
-            view.graph, view.report, view.error = None, None, str(err)
+            view.graphs, view.report, view.error = {}, None, str(err)
         if self.prometheus is not None:
             try:
                 view.alerts = alerts.active(self.prometheus)
@@ -108,8 +114,9 @@ class Console:
     def title(self) -> str:
         return f"egresswatch console: namespace {self.namespace}"
 
-    def live(self) -> tuple[str, list[str]]:
-        """The part of the page that changes: its HTML and the PromQL behind it."""
+    def live(self, graph_type: str | None = None) -> tuple[str, list[str]]:
+        """The part of the page that changes (with the graph of `graph_type`, default the console's):
+        its HTML and the PromQL behind it."""
         v = self.view
         parts = [_applied_html(v.applied, v.updated or time.time())]
         if v.where:
@@ -132,12 +139,20 @@ class Console:
                 f"line takes that long to fall after a switch.</p>"
             )
             queries.append(v.chart.query)
-        sections, more = render.render_sections(v.graph, v.report, v.error)
+        shown = graph_type or self.graph_type
+        links = " · ".join(
+            f"<b>{escape(render.GRAPH_TYPE_NAMES[t])}</b>"
+            if t == shown
+            else f"<a href='?graphType={t}'>{escape(render.GRAPH_TYPE_NAMES[t])}</a>"
+            for t in GRAPH_TYPES
+        )
+        parts.append(f"<p class='meta' id='graph-types' data-graph-type='{shown}'>Graph: {links}</p>")
+        sections, more = render.render_sections(v.graphs.get(shown), v.report, v.error)
         parts.append(sections)
         return "".join(parts), more + queries
 
-    def page(self) -> str:
-        html, queries = self.live()
+    def page(self, graph_type: str | None = None) -> str:
+        html, queries = self.live(graph_type)
         every = max(1, round(self.refresh))
         return (
             render.page_head(
@@ -150,8 +165,8 @@ class Console:
             + "</body></html>\n"
         )
 
-    def live_json(self) -> dict[str, Any]:
-        html, queries = self.live()
+    def live_json(self, graph_type: str | None = None) -> dict[str, Any]:
+        html, queries = self.live(graph_type)
         return {"html": html, "queries": "\n\n".join(queries), "updated": _clock(self.view.updated)}
 
 
@@ -160,7 +175,7 @@ LIVE_SCRIPT = """<script>
 (function () {
   async function tick() {
     try {
-      const resp = await fetch("/api/live", {cache: "no-store"});
+      const resp = await fetch("/api/live" + window.location.search, {cache: "no-store"});
       if (resp.ok) {
         const data = await resp.json();
         document.getElementById("live").innerHTML = data.html;
@@ -215,12 +230,22 @@ def make_handler(console: Console) -> type[BaseHTTPRequestHandler]:
         server_version = "egresswatch"
 
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             v = console.view
+            wanted = urllib.parse.parse_qs(query).get("graphType", [console.graph_type])[-1]
+            if wanted not in GRAPH_TYPES:
+                self._send(
+                    400,
+                    "text/plain",
+                    f"graphType={wanted!r} is not a graph type egresswatch draws: use "
+                    f"{' or '.join(f'graphType={t}' for t in GRAPH_TYPES)}\n",
+                )
+                return
+            graph = v.graphs.get(wanted)
             if path == "/":
-                self._send(200, "text/html; charset=utf-8", console.page())
+                self._send(200, "text/html; charset=utf-8", console.page(wanted))
             elif path == "/api/live":
-                self._send(200, "application/json", json.dumps(console.live_json()))
+                self._send(200, "application/json", json.dumps(console.live_json(wanted)))
             elif path == "/api/alerts":
                 found = [a.__dict__ for a in v.alerts] if v.alerts is not None else None
                 self._send(200 if found is not None else 503, "application/json", json.dumps(found))
@@ -228,11 +253,11 @@ def make_handler(console: Console) -> type[BaseHTTPRequestHandler]:
                 self._send(200, "image/svg+xml", timeseries.render_svg(v.chart))
             elif path == "/healthz":
                 self._send(200, "text/plain", "ok\n")
-            elif path == "/graph.svg" and v.graph is not None:
-                self._send(200, "image/svg+xml", render.render_svg(v.graph))
+            elif path == "/graph.svg" and graph is not None:
+                self._send(200, "image/svg+xml", render.render_svg(graph))
             elif path == "/api/graph":
-                body: dict[str, Any] = v.graph.to_dict() if v.graph else {"error": v.error}
-                self._send(200 if v.graph else 503, "application/json", json.dumps(body, indent=2))
+                body: dict[str, Any] = graph.to_dict() if graph else {"error": v.error}
+                self._send(200 if graph else 503, "application/json", json.dumps(body, indent=2))
             elif path == "/api/report":
                 body = to_json(v.report) if v.report else {"error": v.error}
                 self._send(200 if v.report else 503, "application/json", json.dumps(body, indent=2))

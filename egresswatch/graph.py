@@ -1,6 +1,13 @@
-"""The service graph, built the way Kiali builds its workload graph, from Kiali's own queries.
+"""The service graph, built the way Kiali builds its graphs, from Kiali's own queries.
 
-Sources checked (kiali/kiali on GitHub):
+Kiali v2.27 (the Istio 1.31 addon) is the reference. Its UI opens on the versioned-app graph with
+service nodes shown (frontend/src/reducers/GraphDataState.ts: graphType VERSIONED_APP,
+showServiceNodes true) and asks for ambient "total" traffic, so every query selects
+reporter=~"waypoint|source" or reporter=~"waypoint|destination" (graph/telemetry/istio/util/util.go
+GetReporter; graph/options.go defaultAmbientTraffic). egresswatch draws the same by default; the
+workload graph (Kiali's graphType=workload) is the option.
+
+Sources checked (kiali/kiali at v2.27.0):
 - graph/telemetry/istio/istio.go, buildNamespaceTrafficMap: the queries (HTTP: 0 "unserviced incoming",
   2 "incoming, destination-reported", 3 "outgoing, source-reported"; TCP the same three on
   istio_tcp_received_bytes_total, which is Kiali's default "sent" TCP rate because "L4 telemetry is
@@ -9,13 +16,25 @@ Sources checked (kiali/kiali on GitHub):
   series reported by both proxies (edgeTSHash: metric, source, dest, code, flags, host).
 - graph/types.go, Id/NewNodeExplicit: the "unknown" source node (namespace, workload and app all
   "unknown"), service nodes for destinations without a workload (PassthroughCluster and
-  BlackHoleCluster are service nodes in namespace "unknown", flagged isEgressCluster), workload nodes.
+  BlackHoleCluster are service nodes in namespace "unknown", flagged isEgressCluster); in the
+  versioned-app graph, app nodes (vapp_<cluster>_<ns>_<workload>) for anything with a canonical
+  service; in the workload graph, workload nodes.
 - graph/telemetry/istio/util/util.go: IsBadSourceTelemetry, IsBadDestTelemetry, HandleResponseCode
   ("0" -> "-"), destination_cluster defaulting to the source's.
 - config/config.go AddHealthDefault + business/health_calculator.go applyThresholds: edge health.
 - graph/telemetry/istio/appender/service_entry.go: Kiali merges a ServiceEntry's hosts into one node
-  named after the ServiceEntry, which needs the Kubernetes API; with metrics only, each registered
-  host (classify.SERVICE_ENTRY) is its own node, flagged isServiceEntry.
+  named after the ServiceEntry, read from the Kubernetes API.
+
+The ServiceEntry node. Since Istio 1.30 a DNS ServiceEntry without endpoints gets an endpoint named
+after it (docs/istio-facts.md), so its series carry destination_workload and
+destination_canonical_service = the ServiceEntry's name: Kiali's queries then give a node named after
+the ServiceEntry (httpbin-ext) behind an injected service node per host (httpbin.org). egresswatch marks
+that node isServiceEntry and lists its hosts (the destination_service values of the traffic into it).
+Kiali itself draws it as an app (or workload) node, because its ServiceEntry appender only merges
+service nodes that are not injected; egresswatch has no Kubernetes API to ask, and the node is what the
+egress question is about. A ServiceEntry whose series name no workload (resolution NONE or STATIC) stays
+one service node per host, flagged isServiceEntry and named after the host (the ServiceEntry's name is
+not in the metrics).
 """
 
 from __future__ import annotations
@@ -31,6 +50,10 @@ from egresswatch.report import check_not_empty
 from egresswatch.source import Sample, Source
 
 UNKNOWN = "unknown"
+# Kiali's graph types that egresswatch draws (graph/types.go GraphTypeVersionedApp, GraphTypeWorkload).
+VERSIONED_APP, WORKLOAD = "versionedApp", "workload"
+GRAPH_TYPES = (VERSIONED_APP, WORKLOAD)
+DEFAULT_GRAPH_TYPE = VERSIONED_APP
 KIALI_HTTP_BY = (
     "source_cluster",
     "source_workload_namespace",
@@ -129,6 +152,11 @@ def is_ok(value: str) -> bool:
     return value not in ("", UNKNOWN)
 
 
+def is_ok_version(value: str) -> bool:
+    """graph.IsOKVersion: IsOK and not "latest" (the canonical revision of an unversioned workload)."""
+    return is_ok(value) and value != "latest"
+
+
 def is_http_error(code: str) -> bool:
     """What Kiali counts in an edge's error percentage: no response ("-"), 4xx and 5xx."""
     return code == "-" or code[:1] in ("4", "5")
@@ -137,11 +165,12 @@ def is_http_error(code: str) -> bool:
 @dataclass
 class Node:
     id: str
-    node_type: str  # workload | service | unknown
+    node_type: str  # app | workload | service | unknown
     cluster: str
     namespace: str
     workload: str = ""
     app: str = ""
+    version: str = ""
     service: str = ""
     is_egress_cluster: bool = False
     is_service_entry: bool = False
@@ -153,6 +182,8 @@ class Node:
 
     @property
     def name(self) -> str:
+        if self.node_type == "app":
+            return self.app
         if self.node_type == "workload":
             return self.workload
         if self.node_type == "service":
@@ -179,6 +210,7 @@ class Node:
             "namespace": self.namespace,
             "workload": self.workload,
             "app": self.app,
+            "version": self.version,
             "service": self.service,
             "isEgressCluster": self.is_egress_cluster,
             "isServiceEntry": self.is_service_entry,
@@ -231,10 +263,12 @@ class Graph:
     queries: list[str]
     rates: str = "kiali"  # how edge rates were computed: "kiali" (rate()) or "counts" (count / window)
     notes: list[str] = field(default_factory=list)
+    graph_type: str = DEFAULT_GRAPH_TYPE
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "namespace": self.namespace,
+            "graphType": self.graph_type,
             "window": self.window,
             "source": self.source,
             "rates": self.rates,
@@ -246,37 +280,69 @@ class Graph:
 
 
 def node_id(
-    cluster: str, service_ns: str, service: str, workload_ns: str, workload: str, app: str
+    cluster: str,
+    service_ns: str,
+    service: str,
+    workload_ns: str,
+    workload: str,
+    app: str,
+    version: str = "",
+    graph_type: str = DEFAULT_GRAPH_TYPE,
 ) -> tuple[str, str]:
-    """graph.Id for a workload graph: (id, node type)."""
+    """graph.Id: (id, node type) for the versioned-app or the workload graph."""
     namespace = workload_ns if is_ok(workload_ns) else service_ns
     if namespace == UNKNOWN and workload == UNKNOWN and app == UNKNOWN and service == "":
         return f"{cluster}_unknown_source", "unknown"
     if workload == UNKNOWN and app == UNKNOWN and service == UNKNOWN:
         return f"svc_{cluster}_{namespace}_unknown", "service"
-    if not is_ok(workload):
-        return f"svc_{cluster}_{namespace}_{service}", "service"
-    return f"wl_{cluster}_{namespace}_{workload}", "workload"
+    if graph_type == WORKLOAD:
+        if not is_ok(workload):
+            return f"svc_{cluster}_{namespace}_{service if is_ok(service) else UNKNOWN}", "service"
+        return f"wl_{cluster}_{namespace}_{workload}", "workload"
+    if is_ok(app):
+        if is_ok(workload):
+            return f"vapp_{cluster}_{namespace}_{workload}", "app"
+        if is_ok_version(version):
+            return f"vapp_{cluster}_{namespace}_{app}_{version}", "app"
+        return f"app_{cluster}_{namespace}_{app}", "app"
+    if is_ok(workload):
+        return f"wl_{cluster}_{namespace}_{workload}", "workload"
+    return f"svc_{cluster}_{namespace}_{service}", "service"
 
 
 _IP_SERVICE = re.compile(r"^\d+\.\d+\.\d+\.\d+(:\d+)?$")
 
 
 class _Builder:
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, graph_type: str) -> None:
         self.namespace = namespace
+        self.graph_type = graph_type
         self.nodes: dict[str, Node] = {}
         self.edges: dict[tuple[str, str, str], Edge] = {}
 
     def add_node(
-        self, cluster: str, service_ns: str, service: str, workload_ns: str, workload: str, app: str
+        self,
+        cluster: str,
+        service_ns: str,
+        service: str,
+        workload_ns: str,
+        workload: str,
+        app: str,
+        version: str = "",
     ) -> Node:
-        nid, ntype = node_id(cluster, service_ns, service, workload_ns, workload, app)
+        nid, ntype = node_id(
+            cluster, service_ns, service, workload_ns, workload, app, version, self.graph_type
+        )
         if nid not in self.nodes:
             ns = workload_ns if is_ok(workload_ns) else service_ns
             node = Node(nid, ntype, cluster, ns)
-            if ntype == "workload":
-                node.workload, node.app = workload, "" if app == UNKNOWN else app
+            # NewNodeExplicit keeps, per node type, the fields that name it.
+            if ntype == "app":
+                node.app, node.workload, node.version = app, workload, version
+            elif ntype == "workload":
+                node.workload = workload
+                node.app = "" if app == UNKNOWN else app
+                node.version = "" if version == UNKNOWN else version
             elif ntype == "service":
                 node.service = service or UNKNOWN
                 node.is_egress_cluster = service in (classify.PASSTHROUGH, classify.BLACKHOLE)
@@ -326,10 +392,12 @@ class _Builder:
                 lab["destination_service"],
                 lab["destination_service_name"],
             )
-            dst_wl_ns, dst_wl, dst_app = (
+            src_ver = lab["source_canonical_revision"]
+            dst_wl_ns, dst_wl, dst_app, dst_ver = (
                 lab["destination_workload_namespace"],
                 lab["destination_workload"],
                 lab["destination_canonical_service"],
+                lab["destination_canonical_revision"],
             )
             if not is_ok(dst_cluster) and is_ok(src_cluster) and is_ok(dst_svc_ns):
                 dst_cluster = src_cluster  # HandleDestination, istio#29373
@@ -349,10 +417,11 @@ class _Builder:
             flags = lab["response_flags"]
             inject = False
             if is_ok(dst_svc_name) and dst_svc_name != classify.PASSTHROUGH:
-                _, dest_type = node_id(dst_cluster, dst_svc_ns, dst_svc_name, dst_wl_ns, dst_wl, dst_app)
+                dest_id = (dst_cluster, dst_svc_ns, dst_svc_name, dst_wl_ns, dst_wl, dst_app, dst_ver)
+                _, dest_type = node_id(*dest_id, self.graph_type)
                 inject = dest_type != "service"
-            source = self.add_node(src_cluster, src_ns, "", src_ns, src_wl, src_app)
-            dest = self.add_node(dst_cluster, dst_svc_ns, dst_svc_name, dst_wl_ns, dst_wl, dst_app)
+            source = self.add_node(src_cluster, src_ns, "", src_ns, src_wl, src_app, src_ver)
+            dest = self.add_node(dst_cluster, dst_svc_ns, dst_svc_name, dst_wl_ns, dst_wl, dst_app, dst_ver)
             dedup = (metric, source.id, dest.id, code, flags, dst_svc)
             if inject:
                 svc = self.add_node(dst_cluster, dst_svc_ns, dst_svc_name, "", "", "")
@@ -364,10 +433,21 @@ class _Builder:
 
     def finish(self) -> tuple[dict[str, Node], list[Edge]]:
         for node in self.nodes.values():
-            if node.node_type == "service" and not node.is_egress_cluster and node.service != UNKNOWN:
-                # A registered host that is not a Kubernetes service (<name>.<ns>.svc...) is a ServiceEntry.
-                node.is_service_entry = bool(node.hosts) and all(
-                    classify.kind_of(h, node.service) == classify.SERVICE_ENTRY for h in node.hosts
+            # The ServiceEntry node (see the module's docstring): the workload named after a ServiceEntry,
+            # reached only through its hosts, or, when its series name no workload, the host's own service
+            # node. A host is a ServiceEntry's when it is not a Kubernetes service (<name>.<ns>.svc...).
+            if node.node_type in ("app", "workload"):
+                candidate = True
+            else:
+                candidate = (
+                    node.node_type == "service"
+                    and not node.is_injected
+                    and not node.is_egress_cluster
+                    and node.service != UNKNOWN
+                )
+            if candidate and node.hosts:
+                node.is_service_entry = all(
+                    classify.kind_of(h, h) == classify.SERVICE_ENTRY for h in node.hosts
                 )
             # MarkOutsideOrInaccessible: nodes of other namespaces (not the unknown ones) are outsiders.
             node.is_outside = node.namespace not in (self.namespace, UNKNOWN)
@@ -391,8 +471,11 @@ class _Builder:
 
 
 def kiali_queries(namespace: str) -> list[tuple[str, list[Matcher], tuple[str, ...], bool]]:
-    """Kiali's namespace-graph queries (non-ambient): (metric, matchers, group by, is_tcp)."""
-    src, dst = promql.eq("reporter", "source"), promql.eq("reporter", "destination")
+    """Kiali's namespace-graph queries for a namespace that is not ambient, with the UI's default ambient
+    traffic ("total": waypoint reports count too, no app!="ztunnel" filter): (metric, matchers, group
+    by, is_tcp)."""
+    src = promql.re_eq("reporter", "waypoint|source")
+    dst = promql.re_eq("reporter", "waypoint|destination")
     unserviced = [
         promql.ne("source_workload_namespace", namespace),
         promql.eq("destination_workload_namespace", UNKNOWN),
@@ -418,34 +501,67 @@ COUNTS_FALLBACK_NOTE = (
 )
 
 
-def _populate(builder: _Builder, source: Source, namespace: str, rates: str) -> None:
+def _fetch(source: Source, namespace: str, rates: str) -> list[tuple[list[Sample], str, bool]]:
+    """The samples of Kiali's queries: (samples, metric, is_tcp) per query."""
     seconds = source.seconds() or 1.0
+    out = []
     for metric, matchers, by, tcp in kiali_queries(namespace):
         if rates == "kiali":
             samples = source.rates(metric, matchers, by)
         else:
             samples = [Sample(s.labels, s.value / seconds) for s in source.counts(metric, matchers, by)]
+        out.append((samples, metric, tcp))
+    return out
+
+
+def _builder(namespace: str, graph_type: str, fetched: list[tuple[list[Sample], str, bool]]) -> _Builder:
+    builder = _Builder(namespace, graph_type)
+    for samples, metric, tcp in fetched:
         builder.populate(samples, metric, tcp)
+    return builder
 
 
-def build_graph(source: Source, namespace: str, rates: str = "kiali") -> Graph:
-    """Kiali's namespace graph. rates="kiali": edge rates from Kiali's rate() queries; if those find
-    nothing while the window has traffic, the counts below are used instead (and a note says so).
-    rates="counts": count / window, which also sees bursts that rate() misses (what the demo wants)."""
+def build_graphs(
+    source: Source, namespace: str, rates: str = "kiali", graph_types: tuple[str, ...] = GRAPH_TYPES
+) -> dict[str, Graph]:
+    """Kiali's namespace graph of each type, from one run of its queries. rates="kiali": edge rates from
+    Kiali's rate() queries; if those find nothing while the window has traffic, the counts below are used
+    instead (and a note says so). rates="counts": count / window, which also sees bursts that rate()
+    misses (what the demo wants)."""
     if rates not in RATES:
         raise UsageError(f"--rates must be one of {', '.join(RATES)}")
+    unknown = [t for t in graph_types if t not in GRAPH_TYPES]
+    if unknown:
+        raise UsageError(f"graph type {unknown[0]!r} is not one of {', '.join(GRAPH_TYPES)}")
     first_query = len(source.queries)
-    builder = _Builder(namespace)
-    _populate(builder, source, namespace, rates)
+    fetched = _fetch(source, namespace, rates)
     notes = []
-    if not builder.edges and rates == "kiali":
-        _populate(builder, source, namespace, "counts")
-        if builder.edges:
-            rates, notes = "counts", [COUNTS_FALLBACK_NOTE]
-    nodes, edges = builder.finish()
-    if not edges:
-        check_not_empty(source, namespace, [])
-    window = source.describe().get("window") or f"{source.seconds() or 0:.0f}s"
-    return Graph(
-        namespace, window, nodes, edges, source.describe(), source.queries[first_query:], rates, notes
-    )
+    if rates == "kiali" and not _builder(namespace, WORKLOAD, fetched).edges:
+        counted = _fetch(source, namespace, "counts")
+        if _builder(namespace, WORKLOAD, counted).edges:
+            fetched, rates, notes = counted, "counts", [COUNTS_FALLBACK_NOTE]
+    graphs = {}
+    for graph_type in graph_types:
+        nodes, edges = _builder(namespace, graph_type, fetched).finish()
+        if not edges:
+            check_not_empty(source, namespace, [])
+        window = source.describe().get("window") or f"{source.seconds() or 0:.0f}s"
+        graphs[graph_type] = Graph(
+            namespace,
+            window,
+            nodes,
+            edges,
+            source.describe(),
+            source.queries[first_query:],
+            rates,
+            list(notes),
+            graph_type,
+        )
+    return graphs
+
+
+def build_graph(
+    source: Source, namespace: str, rates: str = "kiali", graph_type: str = DEFAULT_GRAPH_TYPE
+) -> Graph:
+    """Kiali's namespace graph of one type (versioned-app by default, as Kiali's UI opens)."""
+    return build_graphs(source, namespace, rates, (graph_type,))[graph_type]

@@ -1,11 +1,12 @@
 """Draw the graph as SVG (hand-written, layered left to right) and the self-contained HTML pages.
 
 Looks follow Kiali's Cytoscape styles (kiali/kiali frontend/src/components/CytoscapeGraph/graphs/
-GraphStyles.ts): workloads are ellipses, services round triangles, ServiceEntry hosts round tags,
-the unknown source an ellipse; edges are coloured by health (Healthy: PF success green, Degraded:
-orange, Failure: PF danger red), TCP edges blue; labels say requests/s and the error share
-("0.5 rps" / "20% err"), bytes/s for TCP. Every node and edge carries data-* attributes (id, kind,
-namespace, health, rate) so tests and scripts can read the picture back.
+GraphStyles.ts): apps (the versioned-app graph's nodes) round rectangles, workloads ellipses, services
+round triangles, ServiceEntries round tags, the unknown source an ellipse; edges are coloured by
+health (Healthy: PF success green, Degraded: orange, Failure: PF danger red), TCP edges blue; labels
+say requests/s and the error share ("0.5 rps" / "20% err"), bytes/s for TCP. Every node and edge
+carries data-* attributes (id, kind, namespace, health, rate, a ServiceEntry's hosts) so tests and
+scripts can read the picture back.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
-from egresswatch.graph import DEGRADED, FAILURE, HEALTHY, Edge, Graph, Node
+from egresswatch.graph import DEGRADED, FAILURE, HEALTHY, VERSIONED_APP, WORKLOAD, Edge, Graph, Node
 from egresswatch.report import Report, fmt_bytes, fmt_count, fmt_rate
 
 # PatternFly 4 values of the colours Kiali names (EdgeColor = Success, EdgeColorFailure = Danger,
@@ -25,7 +26,8 @@ COLORS = {HEALTHY: "#3e8635", DEGRADED: "#ec7a08", FAILURE: "#c9190b", "tcp": "#
 NODE_BORDER = "#8a8d90"
 LAYER_GAP, ROW_GAP, MARGIN_X, MARGIN_Y, RADIUS = 230, 110, 90, 70, 18
 LABEL_CHAR_WIDTH = 6.8  # px per character of an 11 px Verdana edge label (digits are ~7, letters less)
-TYPE_ORDER = {"unknown": 0, "workload": 1, "service": 2}
+TYPE_ORDER = {"unknown": 0, "app": 1, "workload": 1, "service": 2}
+GRAPH_TYPE_NAMES = {VERSIONED_APP: "versioned app graph", WORKLOAD: "workload graph"}
 
 
 def edge_color(edge: Edge) -> str:
@@ -94,6 +96,11 @@ def _shape(node: Node, x: float, y: float) -> str:
     if node.node_type == "service":  # round-triangle
         pts = [(x, y - r), (x + r * 1.05, y + r * 0.8), (x - r * 1.05, y + r * 0.8)]
         return f'<polygon class="node-shape" points="{_pts(pts)}" stroke-linejoin="round" {style}/>'
+    if node.node_type == "app":  # round-rectangle
+        return (
+            f'<rect class="node-shape" x="{x - r:.1f}" y="{y - r * 0.8:.1f}" width="{2 * r}" '
+            f'height="{r * 1.6:.1f}" rx="5" {style}/>'
+        )
     dash = ' stroke-dasharray="4 3"' if node.node_type == "unknown" else ""
     return (
         f'<ellipse class="node-shape" cx="{x:.1f}" cy="{y:.1f}" rx="{r}" ry="{r * 0.85:.1f}" {style}{dash}/>'
@@ -106,14 +113,18 @@ def _pts(points: Sequence[tuple[float, float]]) -> str:
 
 def _node_svg(node: Node, x: float, y: float) -> str:
     second = f"({node.namespace})" if node.namespace else ""
+    if node.node_type == "app" and node.version and node.version != "latest":
+        second = f"{node.version} {second}"  # Kiali labels a versioned app node "app" and "version"
+    hosts = f" hosts: {', '.join(sorted(node.hosts))}" if node.is_service_entry else ""
     attrs = (
         f'class="node" id="node-{escape(node.id)}" data-id="{escape(node.id)}" '
         f'data-name="{escape(node.name)}" '
         f'data-node-type="{node.node_type}" data-kind="{escape(node.kind)}" '
-        f'data-namespace="{escape(node.namespace)}" data-health="{node.health}"'
+        f'data-namespace="{escape(node.namespace)}" data-health="{node.health}" '
+        f'data-hosts="{escape(" ".join(sorted(node.hosts)) if node.is_service_entry else "")}"'
     )
     return (
-        f"<g {attrs}><title>{escape(node.kind)}: {escape(node.name)} {escape(second)}</title>"
+        f"<g {attrs}><title>{escape(node.kind)}: {escape(node.name)} {escape(second)}{escape(hosts)}</title>"
         f"{_shape(node, x, y)}"
         f'<text class="node-label" x="{x:.1f}" y="{y + RADIUS + 16:.1f}" text-anchor="middle" font-size="13">'
         f'<tspan x="{x:.1f}">{escape(node.name)}</tspan>'
@@ -174,9 +185,9 @@ def _legend(x: float, y: float) -> str:
         )
     # Two short lines rather than one long one: the narrowest graph (700 px) holds them whole.
     parts.append(
-        '<text x="0" y="22" fill="#6a6e73">ellipse: workload · triangle: service '
+        '<text x="0" y="22" fill="#6a6e73">rectangle: app · ellipse: workload · triangle: service '
         "(PassthroughCluster, BlackHoleCluster: namespace unknown)</text>"
-        '<text x="0" y="37" fill="#6a6e73">tag: ServiceEntry host · dashed: unknown source '
+        '<text x="0" y="37" fill="#6a6e73">tag: ServiceEntry (its hosts on hover) · dashed: unknown source '
         "(outside the mesh)</text></g>"
     )
     return "".join(parts)
@@ -184,7 +195,10 @@ def _legend(x: float, y: float) -> str:
 
 def render_svg(graph: Graph, title: str | None = None) -> str:
     """The graph as one SVG; `title` (default: namespace and window) is its own <title>."""
-    title = title or f"Service graph of namespace {graph.namespace}, window {graph.window}"
+    title = title or (
+        f"Service graph of namespace {graph.namespace} ({GRAPH_TYPE_NAMES[graph.graph_type]}), "
+        f"window {graph.window}"
+    )
     pos = layout(graph)
     width = max((x for x, _ in pos.values()), default=MARGIN_X) + MARGIN_X + 40
     height = max((y for _, y in pos.values()), default=MARGIN_Y) + MARGIN_Y + 75
@@ -210,7 +224,8 @@ def render_svg(graph: Graph, title: str | None = None) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" class="egress-graph" '
         f'width="{width:.0f}" height="{height:.0f}" '
         f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Verdana,Arial,Helvetica,sans-serif" '
-        f'data-namespace="{escape(graph.namespace)}" data-window="{escape(graph.window)}">'
+        f'data-namespace="{escape(graph.namespace)}" data-window="{escape(graph.window)}" '
+        f'data-graph-type="{graph.graph_type}">'
         f"<title>{escape(title)}</title>"
         f'<rect width="100%" height="100%" fill="#ffffff"/><defs>{markers}</defs>'
         f'<g class="edges">{"".join(edges)}</g><g class="nodes">{"".join(nodes)}</g>'
@@ -234,6 +249,13 @@ pre{background:#fff;border:1px solid #d2d2d2;padding:.6em;font-size:.8em;overflo
 """
 
 
+def _hosts_note(node: Node) -> str:
+    """A ServiceEntry node's hosts, when its name is not its only host (httpbin-ext: httpbin.org)."""
+    if not node.is_service_entry or sorted(node.hosts) == [node.name]:
+        return ""
+    return ": " + ", ".join(sorted(node.hosts))
+
+
 def _edges_table(graph: Graph) -> str:
     rows = []
     for e in graph.edges:
@@ -243,7 +265,7 @@ def _edges_table(graph: Graph) -> str:
         )
         rows.append(
             f"<tr class='edge-row' data-health='{e.health}'><td>{escape(src.name)}</td><td>{escape(dst.name)}"
-            f" <small>({escape(dst.kind)})</small></td><td>{e.protocol}</td>"
+            f" <small>({escape(dst.kind)}{escape(_hosts_note(dst))})</small></td><td>{e.protocol}</td>"
             f"<td class='num'>{escape(' / '.join(edge_label(e)))}</td><td>{escape(codes) or '-'}</td>"
             f"<td>{e.health if e.protocol != 'tcp' else '-'}</td></tr>"
         )
@@ -282,7 +304,8 @@ def render_sections(
     queries: list[str] = []
     if graph is not None:
         parts.append(
-            f"<h2>Service graph</h2><div class='card' id='graph'>{render_svg(graph, graph_title)}</div>"
+            f"<h2>Service graph ({GRAPH_TYPE_NAMES[graph.graph_type]})</h2>"
+            f"<div class='card' id='graph'>{render_svg(graph, graph_title)}</div>"
             f"<h2>Edges</h2>{_edges_table(graph)}"
         )
         parts += [f"<div class='note graph-note'>{escape(n)}</div>" for n in graph.notes]

@@ -12,6 +12,22 @@ from dataclasses import dataclass
 
 from localmesh.stack.topology import EXTERNAL_HOST, OPTIONS
 
+# No workload behind PassthroughCluster and BlackHoleCluster: the destination labels are "unknown".
+_NO_WORKLOAD = {
+    "destination_workload": "unknown",
+    "destination_workload_namespace": "unknown",
+    "destination_canonical_service": "unknown",
+    "destination_cluster": "unknown",
+}
+# Istio 1.30+ gives the DNS ServiceEntry httpbin-ext (no endpoints) an endpoint named after it, in its
+# namespace and the cluster's (istio/istio pilot/pkg/serviceregistry/serviceentry/conversion.go).
+_SERVICE_ENTRY_ENDPOINT = {
+    "destination_workload": "httpbin-ext",
+    "destination_workload_namespace": "recipes",
+    "destination_canonical_service": "httpbin-ext",
+    "destination_cluster": "Kubernetes",
+}
+
 
 @dataclass(frozen=True)
 class Expectation:
@@ -29,6 +45,7 @@ EXPECTATIONS = {
         201,
         None,
         {
+            **_NO_WORKLOAD,
             "destination_service": EXTERNAL_HOST,
             "destination_service_name": "PassthroughCluster",
             "destination_service_namespace": "unknown",
@@ -42,6 +59,7 @@ EXPECTATIONS = {
         502,
         "egress_blocked",
         {
+            **_NO_WORKLOAD,
             "destination_service": EXTERNAL_HOST,
             "destination_service_name": "BlackHoleCluster",
             "destination_service_namespace": "unknown",
@@ -55,6 +73,7 @@ EXPECTATIONS = {
         201,
         None,
         {
+            **_SERVICE_ENTRY_ENDPOINT,
             "destination_service": EXTERNAL_HOST,
             "destination_service_name": EXTERNAL_HOST,
             "destination_service_namespace": "recipes",

@@ -57,9 +57,10 @@ require_tools kubectl istioctl curl jq awk
 series() {
 	local sel='reporter="source",source_workload="idgen",source_workload_namespace="recipes",destination_service="httpbin.org"'
 	case $1 in
-	passthrough) echo "$sel,destination_service_name=\"PassthroughCluster\",response_code=\"200\"" ;;
-	blackhole) echo "$sel,destination_service_name=\"BlackHoleCluster\",response_code=\"502\",response_flags=\"-\"" ;;
-	serviceentry) echo "$sel,destination_service_name=\"httpbin.org\",destination_service_namespace=\"recipes\",response_code=\"200\"" ;;
+	passthrough) echo "$sel,destination_workload=\"unknown\",destination_service_name=\"PassthroughCluster\",response_code=\"200\"" ;;
+	blackhole) echo "$sel,destination_workload=\"unknown\",destination_service_name=\"BlackHoleCluster\",response_code=\"502\",response_flags=\"-\"" ;;
+	# Istio 1.30+: the DNS ServiceEntry's own endpoint is the destination workload.
+	serviceentry) echo "$sel,destination_workload=\"httpbin-ext\",destination_service_name=\"httpbin.org\",destination_service_namespace=\"recipes\",response_code=\"200\"" ;;
 	esac
 }
 expected_code() {

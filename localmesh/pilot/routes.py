@@ -19,13 +19,16 @@ from localmesh.mesh.model import MeshState
 from localmesh.mesh.names import (
     ALLOW_ANY,
     BLACKHOLE,
+    CLUSTER_ID,
     GATEWAY_LABELS,
     GATEWAY_NAMESPACE,
     INGRESS_GATEWAY,
     PASSTHROUGH,
     REGISTRY_ONLY,
+    UNKNOWN,
     Service,
     Workload,
+    canonical_service,
     resolve_host,
     spiffe_principal,
 )
@@ -41,6 +44,8 @@ class Decision:
     protocol: "http" or "tcp" (TCP for CONNECT tunnels and non-HTTP ServiceEntry ports).
     operation: the HTTP route's decorator operation, which Envoy sends upstream as
     x-envoy-decorator-operation; "" for routes without a decorator (allow_any, block_all) and TCP.
+    peer: the destination workload the upstream endpoint's metadata names, which a client-side reporter
+    uses when the peer sends no metadata of its own (UNKNOWN: none, as for PassthroughCluster).
     """
 
     cluster: str
@@ -48,6 +53,7 @@ class Decision:
     upstream: tuple[str, int] | None
     protocol: str
     operation: str = ""
+    peer: Workload = UNKNOWN
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,6 +96,8 @@ class ServiceEntryRoute:
     # Where to connect, before the addresses map: the endpoint (STATIC, or DNS with endpoints), the
     # host itself (DNS without endpoints); empty = the original destination (resolution NONE).
     endpoints: tuple[tuple[str, int], ...] = ()
+    # The workload the endpoint's telemetry metadata names (see endpoint_peer); UNKNOWN: none.
+    peer: Workload = UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,7 @@ class IngressRoute:
     cluster: str
     service: Service
     upstream: tuple[str, int]  # host and port to connect to, before the addresses map
+    peer: Workload = UNKNOWN  # the workload the endpoint's metadata names (Decision.peer)
 
 
 @dataclass(frozen=True)
@@ -265,12 +274,38 @@ def _with_version(table: RouteTable) -> RouteTable:
     return replace(table, version=digest)
 
 
+def endpoint_peer(name: str, namespace: str) -> Workload:
+    """The endpoint Istio (1.30 and later) gives a DNS ServiceEntry without endpoints, as the client
+    sidecar's metrics read it: workload name the ServiceEntry's name, its namespace, no labels.
+
+    istio/istio pilot/pkg/serviceregistry/serviceentry/conversion.go convertServiceEntryToInstances
+    (Namespace: cfg.Namespace, WorkloadName: cfg.Name, Labels: nil, ClusterID); pilot/pkg/networking/
+    util/util.go AppendLbEndpointMetadata encodes it as "name;namespace;canonical name;revision;cluster"
+    with the canonical name from the workload name (no labels) and "latest" sent as "". istio_stats
+    (envoyproxy/envoy contrib/istio/filters/http/istio_stats, populatePeerInfo) falls back to it on the
+    client side: an empty revision reads "latest"; app, version and principal, absent from the encoding,
+    read "unknown".
+    """
+    canonical, revision = canonical_service({}, name)
+    return replace(
+        UNKNOWN,
+        name=name,
+        namespace=namespace,
+        canonical_service=canonical,
+        canonical_revision=revision,
+        cluster=CLUSTER_ID,
+    )
+
+
 def _service_entry_routes(state: MeshState, namespace: str) -> tuple[ServiceEntryRoute, ...]:
     """The ServiceEntries exported to `namespace` (istiod sends a proxy only what it may see)."""
     routes = []
     for entry in state.service_entries:
         if not entry.visible_to(namespace):
             continue
+        dns = entry.resolution in ("DNS", "DNS_ROUND_ROBIN")
+        # Only a DNS entry without endpoints gets the endpoint named after it (conversion.go above).
+        peer = endpoint_peer(entry.name, entry.namespace) if dns and not entry.endpoints else UNKNOWN
         for host in entry.hosts:
             for port in entry.ports:
                 target = port.target_port or port.number
@@ -278,7 +313,7 @@ def _service_entry_routes(state: MeshState, namespace: str) -> tuple[ServiceEntr
                     endpoints = tuple(
                         (ep.address.lower(), ep.ports.get(port.name, target)) for ep in entry.endpoints
                     )
-                elif entry.resolution in ("DNS", "DNS_ROUND_ROBIN"):
+                elif dns:
                     endpoints = ((host, target),)
                 else:
                     endpoints = ()  # NONE: the original destination
@@ -291,6 +326,7 @@ def _service_entry_routes(state: MeshState, namespace: str) -> tuple[ServiceEntr
                         entry.name,
                         entry.resolution,
                         endpoints,
+                        peer,
                     )
                 )
     return tuple(routes)
@@ -365,7 +401,7 @@ def _ingress_routes(state: MeshState) -> tuple[IngressRoute, ...]:
                     )
                     if dest is None:  # parse() warned about it
                         continue
-                    cluster, service, upstream = dest
+                    cluster, service, upstream, peer = dest
                     for m in rule.matches or ():
                         if m.kind in ("exact", "prefix"):
                             routes.append(
@@ -379,6 +415,7 @@ def _ingress_routes(state: MeshState) -> tuple[IngressRoute, ...]:
                                     cluster,
                                     service,
                                     upstream,
+                                    peer,
                                 )
                             )
                     if not rule.matches:
@@ -393,6 +430,7 @@ def _ingress_routes(state: MeshState) -> tuple[IngressRoute, ...]:
                                 cluster,
                                 service,
                                 upstream,
+                                peer,
                             )
                         )
     return tuple(dict.fromkeys(routes))  # a VirtualService bound twice to one Gateway routes once
@@ -400,7 +438,7 @@ def _ingress_routes(state: MeshState) -> tuple[IngressRoute, ...]:
 
 def _destination(
     state: MeshState, host: str, port: int | None
-) -> tuple[str, Service, tuple[str, int]] | None:
+) -> tuple[str, Service, tuple[str, int], Workload] | None:
     """A route destination's cluster, metric labels and upstream, from a Service or a ServiceEntry."""
     svc = state.service(host)
     if svc is not None:
@@ -408,7 +446,7 @@ def _destination(
             port = svc.ports[0].port
         if port is None or port not in (p.port for p in svc.ports):
             return None
-        return cluster_name(host, port), Service(host, svc.name, svc.namespace), (host, port)
+        return cluster_name(host, port), Service(host, svc.name, svc.namespace), (host, port), UNKNOWN
     entry = next(
         (e for e in state.service_entries if host in e.hosts and e.visible_to(GATEWAY_NAMESPACE)), None
     )
@@ -422,7 +460,7 @@ def _destination(
     if route is None or port is None:
         return None
     upstream = route.endpoints[0] if route.endpoints else (host, port)
-    return cluster_name(host, port), Service(host, host, entry.namespace), upstream
+    return cluster_name(host, port), Service(host, host, entry.namespace), upstream, route.peer
 
 
 # --------------------------------------------------------------------------------------------------
@@ -489,14 +527,15 @@ def _decide_outbound(table: RouteTable, host: str, port: int, protocol: str) -> 
     if isinstance(route, ServiceEntryRoute) and not (protocol == "http" and route.protocol in _TLS_PROTOCOLS):
         target = route.endpoints[0] if route.endpoints else (name, port)
         wire = "http" if protocol == "http" and route.protocol in _HTTP_PROTOCOLS else "tcp"
-        # destination_service(_name) is the entry's host; its namespace the ServiceEntry's
-        # (docs/istio-facts.md).
+        # destination_service(_name) is the entry's host; its namespace the ServiceEntry's; the
+        # destination workload its endpoint's (docs/istio-facts.md).
         return Decision(
             cluster_name(route.host, port),
             Service(route.host, route.host, route.namespace),
             _connect(table.addresses, *target),
             wire,
-            trace_operation(route.host, port) if wire == "http" else "",
+            operation=trace_operation(route.host, port) if wire == "http" else "",
+            peer=route.peer,
         )
     # No registered host: the outbound policy decides. Istio's sidecar sends it to the "allow_any"
     # virtual host / passthrough filter chain (PassthroughCluster) under ALLOW_ANY, else to "block_all"
@@ -558,5 +597,5 @@ def _decide_ingress(table: RouteTable, authority: str, path: str) -> Decision | 
             port = int(route.cluster.split("|")[1])  # outbound|<port>||<host>
             operation = trace_operation(route.service.host, port, route.match, route.path)
             upstream = _connect(table.addresses, *route.upstream)
-            return Decision(route.cluster, route.service, upstream, "http", operation)
+            return Decision(route.cluster, route.service, upstream, "http", operation, route.peer)
     return None

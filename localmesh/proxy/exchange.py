@@ -444,6 +444,8 @@ class Exchange:
         self.decision_cluster = decision.cluster
         self.operation = decision.operation.encode()
         self.address = decision.upstream
+        # The endpoint's metadata names the destination until (unless) the peer answers with its own.
+        self.up_peer = decision.peer
         self.can_retry = decision.cluster != PASSTHROUGH
         self.mtls_upstream = _mesh_service(decision.service)
 

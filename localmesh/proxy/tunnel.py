@@ -19,7 +19,7 @@ import asyncio
 import socket
 from typing import Protocol, cast
 
-from localmesh.mesh.names import PASSTHROUGH, UNKNOWN
+from localmesh.mesh.names import PASSTHROUGH
 from localmesh.pilot.routes import Decision, decide_outbound
 from localmesh.proxy import http1
 from localmesh.proxy.interfaces import DownstreamConnection
@@ -169,7 +169,7 @@ class Tunnel:
             return
         state = self.state
         series = state.telemetry.tcp(
-            "source", state.own_plain, UNKNOWN, self.decision.service, self.flags, "unknown"
+            "source", state.own_plain, self.decision.peer, self.decision.service, self.flags, "unknown"
         )
         series.opened += 1
         series.closed += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
@@ -27,8 +28,49 @@ import yaml
 from cluster_standins import STANDIN, StandIns
 
 OPTION_LABEL = ("egress-lab/option-resource", "true")
-# destination_service_name of each option's series (the demo's verdict queries select by it).
-SERIES = {"PassthroughCluster": "passthrough", "BlackHoleCluster": "blackhole", "httpbin.org": "serviceentry"}
+# The series idgen's sidecar grows under each option: Istio 1.31's labels (docs/istio-facts.md), of which
+# the demo's verdict queries select some. A query answers the option whose series all its matchers fit.
+_IDGEN = {
+    "reporter": "source",
+    "source_workload": "idgen",
+    "source_workload_namespace": "recipes",
+    "destination_service": "httpbin.org",
+}
+_NO_WORKLOAD = {
+    "destination_workload": "unknown",
+    "destination_workload_namespace": "unknown",
+    "destination_canonical_service": "unknown",
+    "destination_cluster": "unknown",
+    "destination_service_namespace": "unknown",
+    "response_flags": "-",
+}
+SERIES = {
+    "passthrough": {
+        **_IDGEN,
+        **_NO_WORKLOAD,
+        "destination_service_name": "PassthroughCluster",
+        "response_code": "200",
+    },
+    "blackhole": {
+        **_IDGEN,
+        **_NO_WORKLOAD,
+        "destination_service_name": "BlackHoleCluster",
+        "response_code": "502",
+    },
+    # Istio 1.30+: the DNS ServiceEntry httpbin-ext gets an endpoint named after it.
+    "serviceentry": {
+        **_IDGEN,
+        "destination_workload": "httpbin-ext",
+        "destination_workload_namespace": "recipes",
+        "destination_canonical_service": "httpbin-ext",
+        "destination_cluster": "Kubernetes",
+        "destination_service_name": "httpbin.org",
+        "destination_service_namespace": "recipes",
+        "response_code": "200",
+        "response_flags": "-",
+    },
+}
+_MATCHER = re.compile(r'([a-z_]+)="([^"]*)"')
 # The option resources each option applies, as `kubectl get -o name` prints them.
 SIDECAR = "sidecar.networking.istio.io/default"
 SERVICE_ENTRY = "serviceentry.networking.istio.io/httpbin-ext"
@@ -100,8 +142,8 @@ def _prometheus(state: State, query: str) -> str:
     seen = [option for at, option in state.requests if at <= state.last_scrape()]
     if query.startswith("max(timestamp("):
         return _vector(state.last_scrape() if seen else None, state.now)
-    name = query.split('destination_service_name="', 1)[1].split('"', 1)[0]
-    count = seen.count(SERIES[name])
+    wanted = dict(_MATCHER.findall(query.split("{", 1)[1].split("}", 1)[0]))
+    count = sum(seen.count(option) for option, labels in SERIES.items() if wanted.items() <= labels.items())
     return _vector(count if count else None, state.now)
 
 

@@ -48,11 +48,23 @@ UNKNOWN_DST = {
 }
 
 
-def external(host: str, cluster: str, namespace: str = "unknown") -> dict[str, str]:
+def external(host: str, cluster: str, namespace: str = "unknown", entry: str = "") -> dict[str, str]:
     """An egress destination: PassthroughCluster / BlackHoleCluster (namespace "unknown") or a
-    ServiceEntry host (cluster == host, namespace = the ServiceEntry's)."""
+    ServiceEntry host (cluster == host, namespace = the ServiceEntry's). A DNS ServiceEntry without
+    endpoints (`entry`, its name) gets an endpoint named after it (Istio 1.30+), whose workload,
+    namespace, canonical service and cluster the client sidecar reports."""
+    endpoint = (
+        {
+            "destination_workload": entry,
+            "destination_workload_namespace": namespace,
+            "destination_canonical_service": entry,
+        }
+        if entry
+        else {}
+    )
     return {
         **UNKNOWN_DST,
+        **endpoint,
         "destination_service": host,
         "destination_service_name": cluster,
         "destination_service_namespace": namespace,
@@ -153,9 +165,10 @@ def blackhole() -> Scenario:
 def serviceentry() -> Scenario:
     """Option 3: REGISTRY_ONLY + ServiceEntry httpbin-ext in recipes; 5% of calls fail upstream (503 UF)."""
     gw, side = gateway_to_idgen({"200": 19, "503": 1})
+    entry = external("httpbin.org", "httpbin.org", "recipes", "httpbin-ext")
     side += [
-        http("source", IDGEN_SRC, external("httpbin.org", "httpbin.org", "recipes"), "200", 19),
-        http("source", IDGEN_SRC, external("httpbin.org", "httpbin.org", "recipes"), "503", 1, flags="UF"),
+        http("source", IDGEN_SRC, entry, "200", 19),
+        http("source", IDGEN_SRC, entry, "503", 1, flags="UF"),
     ]
     return Scenario("serviceentry", gw, side)
 

@@ -60,7 +60,18 @@ def test_console_serves_graph_report_and_svg(passthrough: Mesh, tmp_path: Path) 
     cmd = console_cmd(port, "--prometheus", passthrough.prometheus)
     with running("console", cmd, f"{base}/healthz", tmp_path / "console.log"):
         graph = wait_for_graph(base)
-        assert {n["kind"] for n in graph["nodes"]} >= {"PassthroughCluster", "workload", "unknown"}
+        # Kiali's UI default: the versioned-app graph (app nodes); ?graphType=workload gives workloads.
+        assert graph["graphType"] == "versionedApp"
+        assert {n["kind"] for n in graph["nodes"]} >= {"PassthroughCluster", "app", "unknown"}
+        status, body = get(f"{base}/api/graph?graphType=workload")
+        workload = json.loads(body)
+        assert status == 200 and workload["graphType"] == "workload"
+        assert {n["kind"] for n in workload["nodes"]} >= {"PassthroughCluster", "workload", "unknown"}
+        assert "app" not in {n["kind"] for n in workload["nodes"]}
+        status, svg = get(f"{base}/graph.svg?graphType=workload")
+        assert status == 200 and 'data-graph-type="workload"' in svg and 'data-node-type="app"' not in svg
+        status, text = get(f"{base}/api/graph?graphType=app")
+        assert status == 400 and "use graphType=versionedApp or graphType=workload" in text
         status, report = get(f"{base}/api/report")
         assert status == 200 and json.loads(report)["rows"][0]["kind"] == "PassthroughCluster"
         status, svg = get(f"{base}/graph.svg")
@@ -125,7 +136,21 @@ def test_console_in_headless_chromium(passthrough: Mesh, tmp_path: Path) -> None
                 assert set(names) == {"unknown", "istio-ingressgateway", "idgen", "PassthroughCluster"}
                 assert page.locator("svg.egress-graph g.node[data-kind='PassthroughCluster']").is_visible()
                 assert page.locator("table#report tr.report-row").count() == 2
+                assert set(
+                    page.eval_on_selector_all(
+                        "svg.egress-graph g.node", "els => els.map(e => e.dataset.nodeType)"
+                    )
+                ) == {"unknown", "app", "service"}
                 page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
+                # The workload graph, Kiali's other view: its link, kept across the page's live refresh.
+                page.click("#graph-types a[href='?graphType=workload']")
+                page.wait_for_url(f"{base}/?graphType=workload")
+                page.wait_for_function("Number(document.body.dataset.refreshes || 0) >= 1", timeout=15000)
+                types = page.eval_on_selector_all(
+                    "svg.egress-graph g.node", "els => els.map(e => e.dataset.nodeType)"
+                )
+                assert set(types) == {"unknown", "workload", "service"}
+                assert page.locator("#graph-types b").inner_text() == "workload graph"
             finally:
                 browser.close()
     assert (tmp_path / "console.png").stat().st_size > 10_000

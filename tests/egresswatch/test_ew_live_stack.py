@@ -41,8 +41,9 @@ RECIPE = {"title": "Egress soup", "author": "egresswatch", "ingredients": ["wate
 # Kiali's edge colours as egresswatch draws them (PatternFly success green, danger red).
 GREEN, RED = "#3e8635", "#c9190b"
 SVG_NS = "{http://www.w3.org/2000/svg}"
-IDGEN_WL, IDGEN_SVC = "wl_Kubernetes_recipes_idgen", "svc_Kubernetes_recipes_idgen"
-GATEWAY_WL = "wl_Kubernetes_istio-system_istio-ingressgateway"
+# Kiali's versioned-app graph (its UI's default, and egresswatch's): app nodes vapp_<cluster>_<ns>_<workload>.
+IDGEN_WL, IDGEN_SVC = "vapp_Kubernetes_recipes_idgen", "svc_Kubernetes_recipes_idgen"
+GATEWAY_WL = "vapp_Kubernetes_istio-system_istio-ingressgateway"
 WAIT = 45.0  # generous: other suites may load the 2-core machine
 
 
@@ -324,8 +325,12 @@ def test_serviceentry_report_and_proxies_mode_match_prometheus(stack: LocalStack
     ]
 
     graph = graph_json(stack, step.window(), tmp_path / "graph-serviceentry.svg")
-    assert node_names(graph) == {"istio-ingressgateway", "idgen", "httpbin.org"}
-    assert [n["kind"] for n in graph["nodes"] if n["name"] == "httpbin.org"] == ["ServiceEntry"]
+    # Istio 1.31 names the ServiceEntry as the destination workload: idgen -> httpbin.org (service) ->
+    # httpbin-ext, the ServiceEntry node, listing its host.
+    assert node_names(graph) == {"istio-ingressgateway", "idgen", "httpbin.org", "httpbin-ext"}
+    (entry,) = [n for n in graph["nodes"] if n["kind"] == "ServiceEntry"]
+    assert (entry["name"], entry["namespace"], entry["hosts"]) == ("httpbin-ext", "recipes", ["httpbin.org"])
+    assert [n["kind"] for n in graph["nodes"] if n["name"] == "httpbin.org"] == ["service"]
     assert egress_edge(graph, "httpbin.org")["healthStatus"] == "Healthy"
 
     # Everything since the stack started, both ways: the CLI's --proxies --since-start reads the

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from localmesh.stack.driver import LocalStack
 
 pytestmark = [pytest.mark.prometheus, needs_prometheus]
-GATEWAY_TO_IDGEN = ("wl_Kubernetes_istio-system_istio-ingressgateway", "svc_Kubernetes_recipes_idgen")
+GATEWAY_TO_IDGEN = ("vapp_Kubernetes_istio-system_istio-ingressgateway", "svc_Kubernetes_recipes_idgen")
 
 
 def ew(stack: LocalStack, *args: str) -> subprocess.CompletedProcess:

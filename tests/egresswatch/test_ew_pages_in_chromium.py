@@ -161,4 +161,14 @@ def test_demo_page_shows_the_three_options_side_by_side(
     assert "REGISTRY_ONLY" in blocked and "3 × HTTP 502" in blocked and "BlackHoleCluster" in blocked
     assert "The site said:" in blocked
     assert "outbound|80||httpbin.org" in page.inner_text("#option-serviceentry")
+    # Kiali's versioned-app graph, and the ServiceEntry node named after the entry with its host.
+    graph_types = page.eval_on_selector_all("section.step svg", "els => els.map(e => e.dataset.graphType)")
+    assert graph_types == ["versionedApp"] * 3
+    entries = page.eval_on_selector_all(
+        "#option-serviceentry svg g.node[data-kind='ServiceEntry']",
+        "els => els.map(e => [e.dataset.name, e.dataset.hosts, e.querySelector('title').textContent])",
+    )
+    assert entries == [
+        ["httpbin-ext", "httpbin.org", "ServiceEntry: httpbin-ext (recipes) hosts: httpbin.org"]
+    ]
     assert page.evaluate(SVG_PROBLEMS) == []

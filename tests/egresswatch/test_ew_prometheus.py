@@ -168,9 +168,11 @@ def test_bad_window_is_a_usage_error(capsys, passthrough: Mesh) -> None:
 # ---- graph -----------------------------------------------------------------------------------------
 
 
-def draw(capsys, mesh: Mesh, tmp_path: Path) -> tuple[dict[str, ET.Element], list[ET.Element], Path]:
+def draw(
+    capsys, mesh: Mesh, tmp_path: Path, *flags: str
+) -> tuple[dict[str, ET.Element], list[ET.Element], Path]:
     out = tmp_path / f"{mesh.scenario.name}.svg"
-    rc, _, err = run(capsys, "graph", "--prometheus", mesh.prometheus, "--out", str(out))
+    rc, _, err = run(capsys, "graph", "--prometheus", mesh.prometheus, "--out", str(out), *flags)
     assert rc == 0, err
     root = ET.parse(out).getroot()
     nodes = {g.get("data-id"): g for g in root.iter(f"{SVG}g") if g.get("class") == "node"}
@@ -192,12 +194,15 @@ def stroke(e: ET.Element) -> str:
     return next(p for p in e.iter(f"{SVG}path") if p.get("class") == "edge-line").get("stroke")
 
 
-GW = "wl_Kubernetes_istio-system_istio-ingressgateway"
+# Node ids of Kiali's versioned-app graph (its UI's default, and egresswatch's), graph/types.go Id.
+GW = "vapp_Kubernetes_istio-system_istio-ingressgateway"
 SVC = "svc_Kubernetes_recipes_idgen"
-WL = "wl_Kubernetes_recipes_idgen"
+WL = "vapp_Kubernetes_recipes_idgen"
 PASS = "svc_unknown_unknown_PassthroughCluster"
 HOLE = "svc_unknown_unknown_BlackHoleCluster"
-SE = "svc_Kubernetes_recipes_httpbin.org"
+# Istio 1.30+: the ServiceEntry's endpoint is a node named after it, behind the host's service node.
+SE_HOST = "svc_Kubernetes_recipes_httpbin.org"
+SE = "vapp_Kubernetes_recipes_httpbin-ext"
 UNKNOWN_SOURCE = "unknown_unknown_source"
 
 
@@ -235,15 +240,43 @@ def test_graph_blackhole_edges_are_failures(capsys, blackhole: Mesh, tmp_path: P
     assert nodes[HOLE].get("data-health") == "Failure"
 
 
-def test_graph_serviceentry_host_node_and_degraded_edges(capsys, serviceentry: Mesh, tmp_path: Path) -> None:
+def test_graph_serviceentry_node_named_after_the_entry_and_degraded_edges(
+    capsys, serviceentry: Mesh, tmp_path: Path
+) -> None:
     nodes, edges, _ = draw(capsys, serviceentry, tmp_path)
-    assert set(nodes) == {GW, SVC, WL, SE}
-    assert nodes[SE].get("data-kind") == "ServiceEntry" and nodes[SE].get("data-name") == "httpbin.org"
+    assert set(nodes) == {GW, SVC, WL, SE_HOST, SE}
+    assert nodes[WL].get("data-node-type") == "app" and nodes[WL].get("data-name") == "idgen"
+    assert nodes[SE].get("data-kind") == "ServiceEntry" and nodes[SE].get("data-name") == "httpbin-ext"
+    assert nodes[SE].get("data-hosts") == "httpbin.org" and nodes[SE].get("data-namespace") == "recipes"
+    assert nodes[SE_HOST].get("data-kind") == "service" and nodes[SE_HOST].get("data-name") == "httpbin.org"
     assert nodes[SVC].get("data-kind") == "service"
-    for src, dst in ((GW, SVC), (SVC, WL), (WL, SE)):
+    for src, dst in ((GW, SVC), (SVC, WL), (WL, SE_HOST), (SE_HOST, SE)):
         e = edge(edges, src, dst)
         assert e.get("data-health") == "Degraded" and stroke(e) == COLORS["Degraded"]
         assert 2 < float(e.get("data-error-percent")) < 9
+
+
+def test_graph_type_workload_draws_kialis_workload_graph(capsys, serviceentry: Mesh, tmp_path: Path) -> None:
+    nodes, edges, out = draw(capsys, serviceentry, tmp_path, "--graph-type", "workload")
+    gw, wl, se = (
+        "wl_Kubernetes_istio-system_istio-ingressgateway",
+        "wl_Kubernetes_recipes_idgen",
+        "wl_Kubernetes_recipes_httpbin-ext",
+    )
+    assert set(nodes) == {gw, SVC, wl, SE_HOST, se}
+    assert {nodes[n].get("data-node-type") for n in (gw, wl, se)} == {"workload"}
+    assert nodes[se].get("data-kind") == "ServiceEntry" and nodes[se].get("data-hosts") == "httpbin.org"
+    for src, dst in ((gw, SVC), (SVC, wl), (wl, SE_HOST), (SE_HOST, se)):
+        edge(edges, src, dst)
+    assert ET.parse(out).getroot().get("data-graph-type") == "workload"
+    assert "Service graph (workload graph)" in out.with_suffix(".html").read_text()
+
+
+def test_a_bad_graph_type_is_a_usage_error(capsys, serviceentry: Mesh, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        run(capsys, "graph", "--prometheus", serviceentry.prometheus, "--graph-type", "app")
+    assert exit_.value.code == 2
+    assert "invalid choice: 'app'" in capsys.readouterr().err
 
 
 def test_graph_json_dedups_series_reported_by_both_proxies(capsys, passthrough: Mesh, tmp_path: Path) -> None:

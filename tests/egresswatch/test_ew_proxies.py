@@ -118,7 +118,12 @@ def test_graph_from_proxies(capsys, proxies, tmp_path) -> None:
     assert rc == 0, err
     data = json.loads(out)
     kinds = {n["kind"] for n in data["nodes"]}
-    assert kinds == {"unknown", "workload", "service", "PassthroughCluster"}
+    assert data["graphType"] == "versionedApp" and kinds == {
+        "unknown",
+        "app",
+        "service",
+        "PassthroughCluster",
+    }
     assert (tmp_path / "g.svg").exists() and (tmp_path / "g.html").exists()
 
 

@@ -141,10 +141,50 @@ def test_kiali_node_ids() -> None:
         "svc_unknown_unknown_PassthroughCluster",
         "service",
     )
-    assert graph.node_id("Kubernetes", "recipes", "idgen", "recipes", "idgen", "idgen") == (
+    # Kiali's UI opens on the versioned-app graph: one app node per workload with a canonical service.
+    assert graph.node_id("Kubernetes", "recipes", "idgen", "recipes", "idgen", "idgen", "v1") == (
+        "vapp_Kubernetes_recipes_idgen",
+        "app",
+    )
+    assert graph.node_id("Kubernetes", "recipes", "idgen", "recipes", "idgen", "idgen", "v1", "workload") == (
         "wl_Kubernetes_recipes_idgen",
         "workload",
     )
+    # graph.Id's fall-backs: app without workload (by version, then versionless), workload, service.
+    assert graph.node_id("K", "ns", "s", "ns", "unknown", "app", "v2") == ("vapp_K_ns_app_v2", "app")
+    assert graph.node_id("K", "ns", "s", "ns", "unknown", "app", "latest") == ("app_K_ns_app", "app")
+    assert graph.node_id("K", "ns", "s", "ns", "wl", "unknown") == ("wl_K_ns_wl", "workload")
+    assert graph.node_id("K", "ns", "s", "ns", "unknown", "unknown", "latest", "workload") == (
+        "svc_K_ns_s",
+        "service",
+    )
+    # Istio 1.30+: the DNS ServiceEntry's endpoint makes it an app (or workload) node named after it.
+    se = ("Kubernetes", "recipes", "httpbin.org", "recipes", "httpbin-ext", "httpbin-ext", "latest")
+    assert graph.node_id(*se) == ("vapp_Kubernetes_recipes_httpbin-ext", "app")
+    assert graph.node_id(*se, "workload") == ("wl_Kubernetes_recipes_httpbin-ext", "workload")
+
+
+def test_kiali_queries_select_waypoint_reports_too() -> None:
+    # Kiali v2.27 with the UI's default ambient traffic "total": reporter=~"waypoint|source" (util.go).
+    queries = graph.kiali_queries("recipes")
+    reporters = [next(m for m in matchers if m.label == "reporter") for _, matchers, _, _ in queries]
+    assert [m.promql() for m in reporters] == [
+        'reporter=~"waypoint|source"',
+        'reporter=~"waypoint|destination"',
+        'reporter=~"waypoint|source"',
+    ] * 2
+    source = reporters[0]
+    assert source.matches({"reporter": "source"}) and source.matches({"reporter": "waypoint"})
+    assert not source.matches({"reporter": "destination"})
+    text = promql.kiali_rate_query(*queries[2][:3], Window.parse("1m"))
+    assert text.startswith(
+        'sum(rate(istio_requests_total{reporter=~"waypoint|source",source_workload_namespace='
+    )
+
+
+def test_an_unknown_graph_type_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="graph type 'app' is not one of versionedApp, workload"):
+        graph.build_graphs(None, "recipes", graph_types=("app",))  # type: ignore[arg-type]
 
 
 def test_service_entry_names_and_ports() -> None:

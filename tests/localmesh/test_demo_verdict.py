@@ -46,3 +46,13 @@ def test_growth_counts_new_series_from_zero_and_ignores_other_workloads():
     after = snapshot({blackhole_series(): 7.0, series(**EXPECTATIONS["passthrough"].series): 2.0, other: 9.0})
     grown = egress_growth(before, after)
     assert grown == {blackhole_series(): 2.0, series(**EXPECTATIONS["passthrough"].series): 2.0}
+
+
+def test_serviceentry_series_without_the_entry_endpoint_labels_is_a_mismatch():
+    # Before Istio 1.30 the ServiceEntry's series had destination_workload="unknown"; 1.31 names the entry.
+    site = SiteOutcome(created=3, statuses=Counter({201: 3}))
+    expected = EXPECTATIONS["serviceentry"]
+    assert expected.series["destination_workload"] == "httpbin-ext"
+    assert verdict(expected, 3, site, {series(**expected.series): 3.0}) == []
+    old = series(**{**expected.series, "destination_workload": "unknown", "destination_cluster": "unknown"})
+    assert "0 of 3 requests landed in the expected series" in verdict(expected, 3, site, {old: 3.0})[0]

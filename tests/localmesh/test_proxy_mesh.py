@@ -277,6 +277,48 @@ def test_exact_series_for_a_passthrough_request(mesh, sidecar):
     ]
 
 
+def test_exact_series_for_a_serviceentry_request_name_the_entry_as_destination_workload(mesh, sidecar):
+    # Istio 1.30+: the DNS ServiceEntry httpbin-ext (no endpoints) gets an endpoint named after it, and
+    # httpbin.org sends no peer metadata, so the client sidecar's labels come from that endpoint.
+    assert push(mesh, "serviceentry")[0] == 200
+    status, _, body = outbound_get(mesh, "http://httpbin.org/uuid")
+    assert status == 200 and b"uuid" in body
+    lines = [
+        line
+        for line in mesh.metrics(mesh.sidecar_admin).splitlines()
+        if line.startswith("istio_requests_total{")
+    ]
+    assert lines == [
+        "istio_requests_total{"
+        'reporter="source",'
+        'source_workload="idgen",'
+        'source_canonical_service="idgen",'
+        'source_canonical_revision="v1",'
+        'source_workload_namespace="recipes",'
+        'source_principal="unknown",'
+        'source_app="idgen",'
+        'source_version="v1",'
+        'source_cluster="Kubernetes",'
+        'destination_workload="httpbin-ext",'
+        'destination_workload_namespace="recipes",'
+        'destination_principal="unknown",'
+        'destination_app="unknown",'
+        'destination_version="unknown",'
+        'destination_service="httpbin.org",'
+        'destination_canonical_service="httpbin-ext",'
+        'destination_canonical_revision="latest",'
+        'destination_service_name="httpbin.org",'
+        'destination_service_namespace="recipes",'
+        'destination_cluster="Kubernetes",'
+        'request_protocol="http",'
+        'response_code="200",'
+        'grpc_response_status="",'
+        'response_flags="-",'
+        'connection_security_policy="unknown"'
+        "} 1"
+    ]
+
+
 # --- route push ------------------------------------------------------------------------------------------
 
 

@@ -16,11 +16,19 @@ from localmesh.mesh.names import (
     INGRESS_GATEWAY,
     PASSTHROUGH,
     REGISTRY_ONLY,
+    UNKNOWN,
     Service,
     Workload,
 )
 from localmesh.pilot.codec import RouteTableError
-from localmesh.pilot.routes import Decision, RouteTable, build_tables, decide_ingress, decide_outbound
+from localmesh.pilot.routes import (
+    Decision,
+    RouteTable,
+    build_tables,
+    decide_ingress,
+    decide_outbound,
+    endpoint_peer,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = load_kustomization(ROOT / "manifests" / "base")
@@ -93,7 +101,44 @@ def test_serviceentry_host_goes_to_its_cluster_with_the_entry_namespace():
         HTTPBIN_LOCAL,
         "http",
         "httpbin.org:80/*",  # pilot's default route decorator (TraceOperation)
+        endpoint_peer("ext", "recipes"),
     )
+
+
+# Istio 1.30+: a DNS ServiceEntry without endpoints gets one endpoint named after the entry
+# (conversion.go), whose metadata the client sidecar's metrics fall back to.
+def test_dns_serviceentry_without_endpoints_names_its_endpoint_after_the_entry():
+    assert endpoint_peer("httpbin-ext", "recipes") == Workload(
+        name="httpbin-ext",
+        namespace="recipes",
+        app="unknown",
+        version="unknown",
+        canonical_service="httpbin-ext",
+        canonical_revision="latest",
+        principal="unknown",
+        cluster="Kubernetes",
+    )
+    assert out(idgen(REGISTRY, entry(name="httpbin-ext")), "httpbin.org").peer == endpoint_peer(
+        "httpbin-ext", "recipes"
+    )
+
+
+@pytest.mark.parametrize(
+    "more",
+    [
+        "resolution: NONE",
+        "resolution: STATIC\n  endpoints: [{address: 192.0.2.7}]",
+        "resolution: DNS\n  endpoints: [{address: httpbin.org}]",
+    ],
+)
+def test_other_serviceentries_get_no_endpoint_named_after_them(more):
+    assert out(idgen(REGISTRY, entry(more=more)), "httpbin.org").peer == UNKNOWN
+
+
+def test_passthrough_blackhole_and_mesh_services_name_no_endpoint_peer():
+    assert out(idgen(), "example.com").peer == UNKNOWN
+    assert out(idgen(REGISTRY), "example.com").peer == UNKNOWN
+    assert out(idgen(), IDGEN_FQDN).peer == UNKNOWN
 
 
 def test_host_match_is_case_insensitive():
@@ -206,6 +251,7 @@ def test_tls_serviceentry_matches_connect_by_host():
         Service("api.example.com", "api.example.com", "recipes"),
         ("api.example.com", 443),
         "tcp",
+        peer=endpoint_peer("ext", "recipes"),
     )
 
 
@@ -457,6 +503,7 @@ def test_route_to_a_serviceentry_host_uses_its_cluster():
         HTTPBIN_LOCAL,
         "http",
         "httpbin.org:80/*",
+        endpoint_peer("ext", "recipes"),
     )
 
 

@@ -63,6 +63,11 @@ EGRESS_SERIES = {
         "response_code": "502",
     },
     "serviceentry": {
+        # Istio 1.30+: the DNS ServiceEntry's own endpoint names the destination (docs/istio-facts.md).
+        "destination_workload": "httpbin-ext",
+        "destination_workload_namespace": "recipes",
+        "destination_canonical_service": "httpbin-ext",
+        "destination_cluster": "Kubernetes",
         "destination_service_name": "httpbin.org",
         "destination_service_namespace": "recipes",
         "response_code": "200",

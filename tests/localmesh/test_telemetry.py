@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from istio_labels import ISTIO_LABELS
 
+from localmesh.mesh.load import load_kustomization
+from localmesh.mesh.model import parse
 from localmesh.mesh.names import ISTIO_VERSION, UNKNOWN, Service, Workload
+from localmesh.pilot.routes import build_tables, decide_outbound
 from localmesh.proxy.telemetry import HTTP_LABELS, TCP_LABELS, Telemetry, escape
 from localmesh.stack.topology import ROOT
+
+OVERLAYS = Path(__file__).resolve().parents[2] / "manifests" / "overlays"
 
 IDGEN = Workload("idgen", "recipes", "idgen", "v1", "idgen", "v1", "unknown", "Kubernetes")
 PASSTHROUGH = Service("httpbin.org", "PassthroughCluster", "unknown")
@@ -82,6 +89,32 @@ def test_tcp_series_have_no_response_code_nor_grpc_status():
         assert f"# TYPE {name} counter" in text
         assert any(line.startswith(name + "{") and line.endswith(f" {value}") for line in text.splitlines())
     assert "histogram" not in text
+
+
+def test_the_serviceentry_endpoint_names_the_destination_of_http_and_tcp_series():
+    # Option 3's ServiceEntry httpbin-ext (DNS, no endpoints): Istio 1.30+ gives it an endpoint named
+    # after it, and the client sidecar's destination labels come from it (docs/istio-facts.md).
+    state, _ = parse(load_kustomization(OVERLAYS / "serviceentry"))
+    table = build_tables(state, {})["idgen"]
+    telemetry = Telemetry()
+    for protocol in ("http", "tcp"):
+        decision = decide_outbound(table, "httpbin.org", 80, protocol)
+        if protocol == "http":
+            telemetry.http("source", IDGEN, decision.peer, decision.service, 200, "-", "unknown")
+        else:
+            telemetry.tcp("source", IDGEN, decision.peer, decision.service, "-", "unknown").opened += 1
+    destination = (
+        'destination_workload="httpbin-ext",destination_workload_namespace="recipes",'
+        'destination_principal="unknown",destination_app="unknown",destination_version="unknown",'
+        'destination_service="httpbin.org",destination_canonical_service="httpbin-ext",'
+        'destination_canonical_revision="latest",destination_service_name="httpbin.org",'
+        'destination_service_namespace="recipes",destination_cluster="Kubernetes",request_protocol="{}"'
+    )
+    lines = telemetry.exposition().splitlines()
+    (http,) = [line for line in lines if line.startswith("istio_requests_total{")]
+    (tcp,) = [line for line in lines if line.startswith("istio_tcp_connections_opened_total{")]
+    assert destination.format("http") in http
+    assert destination.format("tcp") in tcp
 
 
 def test_label_values_are_escaped():
