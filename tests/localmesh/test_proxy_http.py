@@ -37,6 +37,8 @@ from localmesh.proxy.state import Timeouts
 from localmesh.proxy.telemetry import Histogram
 
 DATE = r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT"
+# The answer that opens a CONNECT tunnel, as Envoy writes it.
+ESTABLISHED = rb"HTTP/1\.1 200 OK\r\ndate: " + DATE.encode() + rb"\r\nserver: envoy\r\n\r\n"
 
 
 @pytest.fixture
@@ -434,7 +436,7 @@ def test_connect_tunnel_relays_bytes_and_reports_tcp_metrics(app):
         with BackgroundProxy("sidecar", table, app=app.address) as proxy:
             with connect(proxy.outbound_port) as sock:
                 sock.sendall(b"CONNECT secure.example:443 HTTP/1.1\r\nHost: secure.example:443\r\n\r\n")
-                assert sock.recv(100) == b"HTTP/1.1 200 Connection established\r\n\r\n"
+                assert re.fullmatch(ESTABLISHED, sock.recv(100))
                 sock.sendall(b"client hello")
                 received = b""
                 while len(received) < 12:
@@ -462,7 +464,7 @@ def test_connect_to_a_blackholed_host_is_closed_at_once(app):
         while chunk := sock.recv(100):
             data += chunk
         # The app's TLS handshake then fails on the closed connection (curl exit code 35).
-        assert data == b"HTTP/1.1 200 Connection established\r\n\r\n"
+        assert re.fullmatch(ESTABLISHED, data)
         labels = {
             "destination_service_name": "BlackHoleCluster",
             "response_flags": "UH",
@@ -480,7 +482,7 @@ def test_connect_to_a_refused_port_closes_with_uf(app):
     )
     with BackgroundProxy("sidecar", table, app=app.address) as proxy, connect(proxy.outbound_port) as sock:
         sock.sendall(b"CONNECT down.example:443 HTTP/1.1\r\nHost: down.example:443\r\n\r\n")
-        assert sock.recv(100) == b"HTTP/1.1 200 Connection established\r\n\r\n"
+        assert re.fullmatch(ESTABLISHED, sock.recv(100))
         assert closed_by_peer(sock)
         metrics = metrics_when(proxy, "istio_tcp_connections_closed_total", response_flags="UF")
     assert metrics
