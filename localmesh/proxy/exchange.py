@@ -227,7 +227,9 @@ class Exchange:
         version = parser.get_http_version()
         self.http10 = version == "1.0"
         if not self.http10 and version != "1.1":
-            self.refuse = 400  # llhttp reads HTTP/2.0 (and 0.9) request lines: not HTTP/1.x here
+            # llhttp reads HTTP/2.0 (and 0.9) request lines; Envoy's codec answers any version but
+            # HTTP/1.1 (or an accepted 1.0) with 426 (codec_impl.cc checkProtocolVersion).
+            self.refuse = 426
         self.keep_alive = parser.should_keep_alive()
         self.head_request = self.method == b"HEAD"
         self.headers_done = True
