@@ -66,18 +66,6 @@ XFAIL = (
         "Python proxy, part 4 item 3: the gateway must answer HTTP/1.0 with 426 Upgrade Required (Istio "
         "accepts 1.0 only with PILOT_HTTP10); the Python gateway answers 400 without Host, forwards with one",
     ),
-    (
-        "connect/*/port 443",
-        "Envoy config (localmesh/pilot/xds.py): CONNECT to a blackholed host answers 503 UF "
-        "(upstream connect error: immediate_connect_error Invalid argument, remote_address "
-        "envoy://blackhole_tunnel/) and closes a second later; Istio's tcp_proxy to BlackHoleCluster "
-        "accepts and closes at once (TLS client: curl exit 35), as the Python sidecar does (200, then close)",
-    ),
-    (
-        "connect/blackhole/port 80",
-        "Envoy config (localmesh/pilot/xds.py): the same blackholed CONNECT answers 503 UF instead of "
-        "accepting and closing at once",
-    ),
 )
 
 
