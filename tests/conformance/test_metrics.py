@@ -15,6 +15,7 @@ from diffing import SeriesKey, assert_none, assert_same, delta, istio_samples, s
 from proxy_testlib import connect, exchange, read_response
 
 from localmesh.pilot.xds import GATEWAY, SIDECAR
+from localmesh.proxy.telemetry import Histogram
 
 COUNTERS = (
     "istio_requests_total",
@@ -268,3 +269,32 @@ def test_exposition(dataplanes, observed, proxy: str) -> None:
     found = {kind: _exposition(planes[kind].metrics(proxy)) for kind in PLANES}
     assert any(k.startswith("# TYPE") for k in found[ENVOY]), f"Envoy's {proxy} declares no istio_* family"
     assert_same(f"exposition/{proxy}", found[ENVOY], found[PYTHON])
+
+
+def _one_value_sums(limit: int) -> set[float]:
+    """The `_sum` of a histogram holding one whole number below limit, as Envoy writes it."""
+    sums = set()
+    for value in range(limit):
+        histogram = Histogram()
+        histogram.observe(value)
+        sums.add(histogram.sum())
+    return sums
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_durations_are_whole_milliseconds(observed, option: str) -> None:
+    """Durations are recorded as whole milliseconds on both planes (Envoy's %DURATION%, istio_stats'
+    requestComplete in ms): a duration series holding one request has the `_sum` of one whole
+    number of milliseconds (test_histograms.py checks that binning against Envoy value for value)."""
+    sums = _one_value_sums(10_000)
+    for kind in PLANES:
+        found = observed[f"histograms/{option}"][kind]
+        single = [
+            (proxy, labels)
+            for (proxy, name, labels), value in found.items()
+            if name == "istio_request_duration_milliseconds_count" and value == 1
+        ]
+        assert single, f"{kind}: no duration series with one request"
+        for proxy, labels in single:
+            total = found.get((proxy, "istio_request_duration_milliseconds_sum", labels), 0.0)
+            assert total in sums, f"{kind} {proxy}: duration _sum {total} is not one whole millisecond value"
