@@ -18,6 +18,11 @@ export HOST PORT
 TARGET ?= local
 # Recipes the demo creates per egress option.
 N ?= 10
+# Which proxies play the sidecar and the gateway of a stack that `make up` or a demo target starts:
+# python (the local proxies, the default) or envoy (real Envoy, docs/architecture.md). A running stack
+# keeps the data plane it was started with; apply, status, logs and down follow it.
+DATAPLANE ?=
+DATAPLANE_ARG = $(if $(DATAPLANE),--dataplane $(DATAPLANE))
 include mk/options.mk
 # Where generated pages and graphs go (the demo's page, `make graph`); tests point it at a temporary folder.
 EGRESS_LAB_OUT ?= out
@@ -94,8 +99,8 @@ run-frontend: $(READY) ## the recipe site alone on $HOST:$PORT (IDGEN_URL, RECIP
 run-httpbin: $(READY) ## the local stand-in for httpbin.org alone on $HOST:$PORT
 	exec $(HTTPBIN_VENV)/bin/gunicorn --bind $(HOST):$(PORT) --workers 2 --access-logfile - httpbin:app
 
-up: $(READY) ## start the local mesh in the background; prints one `name: url` line per endpoint
-	@$(BIN)/localmesh up
+up: $(READY) ## start the local mesh in the background (DATAPLANE=python|envoy); prints one `name: url` line per endpoint
+	@$(BIN)/localmesh up $(DATAPLANE_ARG)
 
 down: $(READY) ## stop every process of the local mesh
 	@$(BIN)/localmesh down
@@ -119,11 +124,11 @@ delete: $(READY) ## remove the objects of F=FILE from the mesh and push (kubectl
 logs: $(READY) ## idgen's sidecar log: an access log line per request, Istio's format (WORKLOAD=istio-ingressgateway)
 	@$(BIN)/localmesh logs $(or $(WORKLOAD),idgen)
 
-demo: $(READY) ## the three egress options in order, with metrics and a verdict (TARGET=local|cluster)
+demo: $(READY) ## the three egress options in order, with metrics and a verdict (TARGET=local|cluster, DATAPLANE=python|envoy)
 ifeq ($(TARGET),cluster)
 	$(MAKE) cluster-demo
 else
-	@$(BIN)/python -m localmesh.demo -n $(N)
+	@$(BIN)/python -m localmesh.demo -n $(N) $(DATAPLANE_ARG)
 endif
 
 # Named one by one: GNU make never applies a plain pattern rule (demo-%) to a .PHONY target.
@@ -131,7 +136,7 @@ demo-passthrough demo-blackhole demo-serviceentry: demo-%: $(READY) ## that one 
 ifeq ($(TARGET),cluster)
 	$(MAKE) cluster-demo-$*
 else
-	@$(BIN)/python -m localmesh.demo --keep -n $(N) $*
+	@$(BIN)/python -m localmesh.demo --keep -n $(N) $(DATAPLANE_ARG) $*
 endif
 
 include mk/cluster.mk mk/egresswatch.mk mk/load.mk

@@ -8,6 +8,7 @@ Format: https://prometheus.io/docs/instrumenting/exposition_formats/ (text forma
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,11 +24,27 @@ class ParseError(ValueError):
     """A line that is not valid text exposition format."""
 
 
+# Envoy's /stats/prometheus puts `envoy_` before every stat whose first segment is not a registered custom
+# stat namespace (envoyproxy/envoy source/server/admin/prometheus_stats.cc, metricName). Istio's own
+# istio_stats filter registers "istio" (contrib/istio/filters/http/istio_stats), so a cluster shows
+# istio_requests_total; Envoy's generic stats access logger, which `--dataplane envoy` uses, registers
+# none, so the same metric reads envoy_istio_requests_total. The name is taken back to Istio's, as the
+# local Prometheus does with metric_relabel_configs (localmesh/stack/plan.py, the same regex).
+ENVOY_ISTIO_NAME = re.compile(r"envoy_(istio_.*)")
+
+
+def istio_name(name: str) -> str:
+    """A metric's name as Istio exports it: envoy_istio_requests_total -> istio_requests_total."""
+    found = ENVOY_ISTIO_NAME.fullmatch(name)
+    return found.group(1) if found else name
+
+
 def parse_text(text: str, wanted: Iterable[str] | None = None) -> dict[SeriesKey, float]:
     """Samples of the text format as {(name, sorted labels): value}; only names in wanted if given.
 
     Comments (# HELP, # TYPE) and blank lines are skipped; an optional timestamp after the value is
     ignored (the scrape time is what counts here, as for Prometheus with honor_timestamps off).
+    Envoy's envoy_istio_* names are read as Istio's istio_* (`istio_name`).
     """
     names = set(wanted) if wanted is not None else None
     samples: dict[SeriesKey, float] = {}
@@ -37,6 +54,7 @@ def parse_text(text: str, wanted: Iterable[str] | None = None) -> dict[SeriesKey
             continue
         try:
             name, labels, rest = _split_sample(line)
+            name = istio_name(name)
             if names is not None and name not in names:
                 continue
             value = _parse_value(rest.split()[0])

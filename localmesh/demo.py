@@ -26,6 +26,7 @@ from egresswatch.api import REQUESTS, EgressWatchError, SeriesKey, Snapshot, wri
 from localmesh import cli
 from localmesh.demopage import DemoPage, Step
 from localmesh.expected import EGRESS_SELECTOR, EXPECTATIONS, Expectation
+from localmesh.stack import dataplane
 from localmesh.stack import push as control
 from localmesh.stack.statefile import StackState
 from localmesh.stack.topology import OPTIONS, ROOT, Paths, default_state_dir, proxy_admins, urls
@@ -233,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="leave the stack running afterwards (it always stays up if it was already running)",
     )
+    parser.add_argument(
+        "--dataplane",
+        choices=dataplane.DATAPLANES,
+        default=None,
+        help="the data plane of the stack it starts: python (default) or envoy (real Envoy); a running "
+        "stack keeps its own",
+    )
     parser.add_argument("--state-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     unknown = [o for o in args.options if o not in OPTIONS]
@@ -240,10 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown option(s) {', '.join(unknown)}; choose from {', '.join(OPTIONS)}")
     args.options = args.options or list(OPTIONS)
     paths = Paths(args.state_dir or default_state_dir())
-    started_here = cli.running_state(paths) is None
+    running = cli.running_state(paths)
+    clash = cli.other_dataplane(running, args.dataplane, "make demo") if running else None
+    if clash:
+        print(f"demo: {clash}", file=sys.stderr)
+        return 1
+    started_here = running is None
     if started_here:
-        print("Starting the local mesh (localmesh up) ...")
-        code = cli.main(["--state-dir", str(paths.state_dir), "up"])
+        plane = ["--dataplane", args.dataplane] if args.dataplane else []
+        print(f"Starting the local mesh (localmesh up{' '.join(['', *plane])}) ...")
+        code = cli.main(["--state-dir", str(paths.state_dir), "up", *plane])
         if code != 0:
             return code
     state = cli.running_state(paths)
@@ -262,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         left = "stopping the local mesh it started" if stop else "the local mesh keeps running (make down)"
         print(f"\ndemo: interrupted (Ctrl-C); {left}.", file=sys.stderr)
         return 130
+    except control.PushError as err:  # a proxy did not take the step's config: nothing to judge
+        print(f"demo: {err}", file=sys.stderr)
+        return 1
     finally:
         if stop:
             with contextlib.redirect_stdout(io.StringIO()):

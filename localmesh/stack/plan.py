@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from localmesh.stack import dataplane
 from localmesh.stack.topology import (
     EXTERNAL_HOST,
     GATEWAY_WORKLOAD,
@@ -25,6 +26,8 @@ from localmesh.stack.topology import (
     online,
 )
 
+# Prometheus anchors a relabel regex at both ends, as egresswatch.exposition.ENVOY_ISTIO_NAME is matched.
+ENVOY_ISTIO_NAME = "envoy_(istio_.*)"
 # The alert and recording rules a cluster's Prometheus loads (scripts/cluster-up.sh); the local one
 # loads every plain Prometheus rule file here too.
 RULES_DIR = ROOT / "manifests" / "monitoring"
@@ -70,6 +73,16 @@ def prometheus_config(ports: Ports, rules: list[str] | None = None) -> str:
                 {
                     "job_name": "envoy-stats",
                     "metrics_path": "/stats/prometheus",
+                    # Real Envoy (`--dataplane envoy`) names the stats logger's metrics envoy_istio_*:
+                    # take them back to Istio's names (docs/architecture.md says why).
+                    "metric_relabel_configs": [
+                        {
+                            "source_labels": ["__name__"],
+                            "regex": ENVOY_ISTIO_NAME,
+                            "target_label": "__name__",
+                            "replacement": "$1",
+                        }
+                    ],
                     "static_configs": [
                         {
                             "targets": [f"{LOOPBACK}:{ports.gateway_admin}"],
@@ -87,31 +100,13 @@ def prometheus_config(ports: Ports, rules: list[str] | None = None) -> str:
     )
 
 
-def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
-    """The stack's processes, in start order (proxies before idgen: holdApplicationUntilProxyStarts)."""
+def python_specs(ports: Ports, paths: Paths) -> list[ChildSpec]:
+    """The sidecar and the gateway as the local Python proxies (the default data plane)."""
     py = str(VENV_BIN / "python")
     lo = LOOPBACK
     # httpbin.org is the local stand-in unless the user asks for the real one (LOCALMESH_ONLINE=1).
     offline = [] if online() else ["--offline"]
-    specs = [
-        ChildSpec(
-            "httpbin",
-            [
-                str(HTTPBIN_BIN / "gunicorn"),
-                "--bind",
-                f"{lo}:{ports.httpbin}",
-                "--workers",
-                "2",
-                "--worker-class",
-                "gthread",
-                "--threads",
-                "8",
-                "--no-control-socket",
-                "httpbin:app",
-            ],
-            f"http://{lo}:{ports.httpbin}/get",
-            ports=[ports.httpbin],
-        ),
+    return [
         ChildSpec(
             "sidecar",
             [
@@ -160,6 +155,57 @@ def plan(ports: Ports, paths: Paths, prometheus: str | None) -> list[ChildSpec]:
             f"http://{lo}:{ports.gateway_admin}/ready",
             ports=[ports.gateway_admin, ports.gateway],
         ),
+    ]
+
+
+def envoy_specs(ports: Ports, paths: Paths) -> list[ChildSpec]:
+    """The sidecar and the gateway as real Envoy (`--dataplane envoy`), named, listening and ready
+    (on /ready of the admin port) as the Python proxies are; its config is in <state>/xds/<workload>/."""
+    lo = LOOPBACK
+    return [
+        ChildSpec(
+            "sidecar",
+            dataplane.envoy_command(paths, ports, SIDECAR_WORKLOAD),
+            f"http://{lo}:{ports.sidecar_admin}/ready",
+            ports=[ports.sidecar_admin, ports.sidecar_inbound, ports.sidecar_outbound],
+        ),
+        ChildSpec(
+            "gateway",
+            dataplane.envoy_command(paths, ports, GATEWAY_WORKLOAD),
+            f"http://{lo}:{ports.gateway_admin}/ready",
+            ports=[ports.gateway_admin, ports.gateway],
+        ),
+    ]
+
+
+def plan(
+    ports: Ports, paths: Paths, prometheus: str | None, plane: str = dataplane.PYTHON
+) -> list[ChildSpec]:
+    """The stack's processes, in start order (proxies before idgen: holdApplicationUntilProxyStarts)."""
+    py = str(VENV_BIN / "python")
+    lo = LOOPBACK
+    specs = [
+        ChildSpec(
+            "httpbin",
+            [
+                str(HTTPBIN_BIN / "gunicorn"),
+                "--bind",
+                f"{lo}:{ports.httpbin}",
+                "--workers",
+                "2",
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "8",
+                "--no-control-socket",
+                "httpbin:app",
+            ],
+            f"http://{lo}:{ports.httpbin}/get",
+            ports=[ports.httpbin],
+        ),
+    ]
+    specs += envoy_specs(ports, paths) if plane == dataplane.ENVOY else python_specs(ports, paths)
+    specs += [
         ChildSpec(
             "idgen",
             [

@@ -4,8 +4,9 @@ What istiod does on a cluster, in three steps: the applied objects live in the s
 (the stand-in for the API server), `routes.build_tables` compiles them, and each table is written
 to the file its proxy starts from and POSTed to the running proxy's admin endpoint (the stand-in for
 an xDS push), with the stack's credential (istiod's channel is authenticated). Proxies swap tables
-atomically, so nothing restarts. `sync_status` compares what each proxy runs with the applied config,
-as `istioctl proxy-status` says SYNCED or STALE
+atomically, so nothing restarts. On the Envoy data plane (stack.dataplane) the same tables are
+written as each Envoy's xDS files instead, which it hot-reloads. `sync_status` compares what each
+proxy runs with the applied config, as `istioctl proxy-status` says SYNCED or STALE
 (https://istio.io/latest/docs/reference/commands/istioctl/#istioctl-proxy-status).
 """
 
@@ -22,8 +23,9 @@ from localmesh.mesh.load import ConfigError, load_file
 from localmesh.mesh.names import BLACKHOLE, PASSTHROUGH, REGISTRY_ONLY
 from localmesh.mesh.store import ApplyResult, ClusterState
 from localmesh.pilot.routes import RouteTable, build_tables, decide_outbound
+from localmesh.stack import dataplane
 from localmesh.stack.files import atomic_write
-from localmesh.stack.statefile import Applied
+from localmesh.stack.statefile import Applied, read_state
 from localmesh.stack.topology import (
     EXTERNAL_HOST,
     PROXY_CHILDREN,
@@ -38,6 +40,9 @@ from localmesh.stack.topology import (
 DEFAULT_MESH_CONFIG = ROOT / "manifests" / "istio" / "mesh-allow-any.yaml"
 DEFAULT_OVERLAY = ROOT / "manifests" / "overlays" / "passthrough"
 PUSH_TIMEOUT = 5.0
+# How long `apply` waits for every Envoy to run the new config (it takes well under a second; more
+# on a loaded machine).
+ENVOY_TIMEOUT = 15.0
 
 
 class PushError(RuntimeError):
@@ -117,8 +122,50 @@ def push(tables: dict[str, RouteTable], ports: Ports, token: str) -> list[str]:
     return lines
 
 
-def prepare(paths: Paths, ports: Ports, overlay: Path | None) -> None:
-    """Before `up`: make sure there is an applied config (the mesh default + an overlay) and route files."""
+def stack_dataplane(paths: Paths) -> str:
+    """The data plane of the stack in `paths`, as `up` recorded it (python when none runs)."""
+    state = read_state(paths)
+    return state.dataplane if state else dataplane.PYTHON
+
+
+def deliver(paths: Paths, tables: dict[str, RouteTable], ports: Ports) -> list[str]:
+    """Hand the tables to the running proxies, the way their data plane takes config."""
+    if stack_dataplane(paths) == dataplane.ENVOY:
+        return deliver_to_envoy(paths, tables, ports)
+    return push(tables, ports, credential(paths))
+
+
+def deliver_to_envoy(paths: Paths, tables: dict[str, RouteTable], ports: Ports) -> list[str]:
+    """Write each Envoy's xDS files and wait until it runs the new version; say how long that took
+    (the propagation time, which istiod's users watch as pilot_proxy_convergence_time)."""
+    started = time.monotonic()
+    try:
+        dataplane.write_xds(paths, tables, ports, running=True)
+    except TimeoutError as err:
+        raise PushError(
+            f"{err} ({paths.logs}/). The config is saved; `make status` shows when it catches up."
+        ) from err
+    lines = []
+    for name, admin in proxy_admins(ports).items():
+        wanted = tables[name].version
+        runs = dataplane.wait_running(admin, wanted, started + ENVOY_TIMEOUT)
+        if runs != wanted:
+            raise PushError(
+                f"{name}'s Envoy ({admin}) runs config version {runs}, not the applied {wanted}, "
+                f"{ENVOY_TIMEOUT:.0f} s after its xDS files in {paths.xds_dir(name)} were written; "
+                f"its log says why: {paths.logs / (PROXY_CHILDREN[name] + '.log')}. The config is saved; "
+                "`make status` shows when it catches up."
+            )
+        lines.append(
+            f"delivered to {name} (version {wanted}): Envoy runs it "
+            f"{time.monotonic() - started:.2f} s after the xDS write began"
+        )
+    return lines
+
+
+def prepare(paths: Paths, ports: Ports, overlay: Path | None, plane: str = dataplane.PYTHON) -> None:
+    """Before `up`: make sure there is an applied config (the mesh default + an overlay) and the
+    files the proxies start from (route tables; on Envoy, its bootstrap and xDS files too)."""
     state = load_state(paths)
     if not len(state):
         state.apply_file(DEFAULT_MESH_CONFIG)
@@ -127,6 +174,8 @@ def prepare(paths: Paths, ports: Ports, overlay: Path | None) -> None:
     tables = tables_for(state, ports)  # refuses a config the proxies cannot use, before it is saved
     save_state(paths, state)
     write_tables(paths, tables)
+    if plane == dataplane.ENVOY:
+        dataplane.write_bootstraps(paths, tables, ports)
     # The proxies start from these tables, and Prometheus from an empty database: a clean start.
     Applied(describe(state), time.time()).write(paths)
 
@@ -155,7 +204,7 @@ def apply(
     save_state(paths, state)
     if ports is not None and tables:
         write_tables(paths, tables)
-        lines += push(tables, ports, credential(paths))
+        lines += deliver(paths, tables, ports)
         if result.changed:  # in effect from now: every proxy has taken the new table
             Applied(describe(state), time.time()).write(paths)
     return lines
@@ -165,7 +214,7 @@ def repush(paths: Paths, ports: Ports, state: ClusterState | None = None) -> lis
     """Write the applied config's route tables and push them to the running proxies."""
     tables = tables_for(state or load_state(paths), ports)
     write_tables(paths, tables)
-    return push(tables, ports, credential(paths))
+    return deliver(paths, tables, ports)
 
 
 def running_version(admin: str) -> str | None:
@@ -180,9 +229,11 @@ def running_version(admin: str) -> str | None:
 def sync_status(paths: Paths, ports: Ports) -> dict[str, tuple[str | None, str]]:
     """proxy -> (version it runs or None, version of the applied config): equal when in sync."""
     applied = tables_for(load_state(paths), ports)
-    return {
-        name: (running_version(admin), applied[name].version) for name, admin in proxy_admins(ports).items()
-    }
+    if stack_dataplane(paths) == dataplane.ENVOY:
+        runs = dataplane.running_versions(ports)
+    else:
+        runs = {name: running_version(admin) for name, admin in proxy_admins(ports).items()}
+    return {name: (runs[name], applied[name].version) for name in proxy_admins(ports)}
 
 
 def describe(state: ClusterState) -> str:

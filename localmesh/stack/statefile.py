@@ -20,6 +20,8 @@ class StackState:
     prometheus: bool
     children: dict[str, int] = field(default_factory=dict)
     message: str = ""
+    # Which proxies it runs: "python" (localmesh.proxy) or "envoy" (real Envoy), chosen at `up`.
+    dataplane: str = "python"
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "ports": asdict(self.ports)}, indent=2)

@@ -94,6 +94,13 @@ class Paths:
     def routes_file(self, proxy: str) -> Path:
         return self.state_dir / "routes" / f"{proxy}.json"
 
+    def xds_dir(self, proxy: str) -> Path:
+        """Where an Envoy proxy's bootstrap and its xDS files live (`--dataplane envoy`)."""
+        return self.state_dir / "xds" / proxy
+
+    def bootstrap_file(self, proxy: str) -> Path:
+        return self.xds_dir(proxy) / "bootstrap.json"
+
     @property
     def prometheus_dir(self) -> Path:
         return self.state_dir / "prometheus"

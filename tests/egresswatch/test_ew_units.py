@@ -34,6 +34,27 @@ def test_parse_text_reads_labels_escapes_and_skips_comments_and_timestamps() -> 
     assert list(only) == [("envoy_server_uptime", ())]
 
 
+def test_parse_text_reads_envoys_prefixed_istio_metrics_under_istios_names() -> None:
+    """Real Envoy's stats access logger exports envoy_istio_*: read as istio_*, the rest left alone."""
+    text = (
+        "# TYPE envoy_istio_requests_total counter\n"
+        'envoy_istio_requests_total{reporter="source",response_code="200"} 4\n'
+        'envoy_istio_request_duration_milliseconds_bucket{reporter="source",le="+Inf"} 4\n'
+        "envoy_server_uptime 12\n"
+        "envoy_istio 1\n"
+    )
+    samples = exposition.parse_text(
+        text, wanted=["istio_requests_total", "envoy_server_uptime", "envoy_istio"]
+    )
+    assert samples == {
+        ("istio_requests_total", (("reporter", "source"), ("response_code", "200"))): 4,
+        ("envoy_server_uptime", ()): 12,
+        ("envoy_istio", ()): 1,
+    }
+    assert exposition.istio_name("envoy_istio_tcp_sent_bytes_total") == "istio_tcp_sent_bytes_total"
+    assert exposition.istio_name("my_envoy_istio_x") == "my_envoy_istio_x"
+
+
 @pytest.mark.parametrize("bad", ['m{a="1" 2', "m{a=1} 2", 'm{a="1"} notanumber', '{a="1"} 1'])
 def test_parse_text_rejects_malformed_lines_with_the_line_number(bad: str) -> None:
     with pytest.raises(exposition.ParseError, match="line 2"):

@@ -12,6 +12,7 @@ import pytest
 import requests
 import yaml
 
+from egresswatch import exposition
 from localmesh.stack.driver import local_stack
 from localmesh.stack.plan import RULES_DIR, find_prometheus, prometheus_config, rule_files
 from localmesh.stack.procs import StartError, free_port, running
@@ -40,6 +41,30 @@ def test_every_plain_rule_file_of_the_monitoring_folder_is_loaded(tmp_path: Path
     if promtool:  # Debian's prometheus package ships it: the files must be rules Prometheus accepts
         cmd = [promtool, "check", "rules", *found]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_envoys_istio_metrics_are_renamed_as_egresswatch_reads_them(tmp_path: Path) -> None:
+    """Real Envoy exports envoy_istio_*: the local Prometheus takes them back to istio_* with the same
+    pattern egresswatch applies when it reads a proxy directly (a live scrape of real Envoy:
+    tests/localmesh/test_stack_envoy.py)."""
+    (job,) = yaml.safe_load(prometheus_config(Ports(), []))["scrape_configs"]
+    (relabel,) = job["metric_relabel_configs"]
+    assert relabel == {
+        "source_labels": ["__name__"],
+        "regex": exposition.ENVOY_ISTIO_NAME.pattern,
+        "target_label": "__name__",
+        "replacement": "$1",
+    }
+    promtool = shutil.which("promtool")
+    if promtool:  # the whole file is a configuration Prometheus accepts
+        (tmp_path / "prometheus.yml").write_text(prometheus_config(Ports(), rule_files()))
+        done = subprocess.run(
+            [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
 
 
