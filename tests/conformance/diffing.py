@@ -164,8 +164,8 @@ def istio_samples(proxy: str, text: str) -> dict[SeriesKey, float]:
 
 
 def delta(after: Mapping[SeriesKey, float], before: Mapping[SeriesKey, float]) -> dict[SeriesKey, float]:
-    """What changed between two scrapes (series that did not move are left out)."""
-    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+    """What changed between two scrapes: new series (even at 0) and series that moved."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if k not in before or v != before[k]}
 
 
 def _series_text(labels: tuple[tuple[str, str], ...]) -> str:
