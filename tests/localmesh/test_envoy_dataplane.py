@@ -256,6 +256,18 @@ def test_the_access_log_is_istios_text_format(mesh: Mesh):
     assert (match["code"], match["cluster"], match["route"]) == ("200", "PassthroughCluster", "allow_any")
 
 
+def test_a_client_cannot_choose_where_passthrough_connects(mesh: Mesh):
+    mesh.switch("passthrough")
+    assert mesh.sidecar.ports.outbound is not None
+    httpbin = f"{LOCAL}:{mesh.book['httpbin.org:80'][1]}"
+    request = (
+        f"GET http://unknown.example/get HTTP/1.1\r\nHost: unknown.example\r\n"
+        f"x-envoy-original-dst-host: {httpbin}\r\nConnection: close\r\n\r\n"
+    )
+    status, headers, _, _ = exchange(mesh.sidecar.ports.outbound[1], request.encode())
+    assert (status, headers["server"]) == (503, "envoy")  # no address for that host: UH
+
+
 def test_passthrough_destination_service_is_the_raw_host_with_its_port(mesh: Mesh):
     mesh.switch("passthrough")
     status, _, _ = via_sidecar(mesh, "http://httpbin.org:80/get", "httpbin.org:80")
@@ -409,6 +421,35 @@ def test_gateway_routes_to_the_sidecar_with_peer_identity(mesh: Mesh):
         connection_security_policy="mutual_tls",
     )
     assert wait_count(mesh.sidecar, "istio_requests_total", at_sidecar, 1) >= 1
+
+
+def test_a_mesh_service_through_the_sidecar_learns_its_caller(mesh: Mesh):
+    """idgen's sidecar calling idgen's Service: the inbound side names idgen as the source."""
+    mesh.switch("blackhole")  # a mesh Service is registered whatever the outbound policy
+    status, headers, body = via_sidecar(mesh, f"http://{IDGEN}/hello", IDGEN)
+    assert (status, body, headers["server"]) == (200, b"hello", "envoy")
+    assert_no_internal_headers(headers)
+    assert_no_internal_headers(mesh.app.requests[-1]["headers"])
+    inbound = http_series(
+        **{**IDGEN_SOURCE, "reporter": "destination"},
+        destination_workload="idgen",
+        destination_workload_namespace="recipes",
+        destination_principal=IDGEN_PRINCIPAL,
+        destination_app="idgen",
+        destination_version="v1",
+        destination_service=IDGEN,
+        destination_canonical_service="idgen",
+        destination_canonical_revision="v1",
+        destination_service_name="idgen",
+        destination_service_namespace="recipes",
+        destination_cluster="Kubernetes",
+        request_protocol="http",
+        response_code="200",
+        grpc_response_status="",
+        response_flags="-",
+        connection_security_policy="mutual_tls",
+    )
+    assert wait_count(mesh.sidecar, "istio_requests_total", inbound, 1) >= 1
 
 
 def test_gateway_answers_404_without_a_route_and_426_to_http10(mesh: Mesh):
