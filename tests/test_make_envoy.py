@@ -263,3 +263,14 @@ def test_dataplane_envoy_without_envoy_says_why_and_starts_nothing(
     assert done.stderr.startswith("localmesh up: --dataplane envoy: " + reason.format(bin=empty)), done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert not state.exists()  # no state, no logs, no config written: nothing was started
+
+
+@needs_envoy
+def test_make_load_runs_unchanged_on_envoy(envoy_stack: EnvoyStack, tmp_path: Path) -> None:
+    """Locust's users (the site's and the direct idgen clients through the gateway) on the Envoy stack."""
+    ok(make("apply", "OPTION=passthrough", env=envoy_stack.env))
+    args = ["LOCUST_RUN_TIME=3s", "LOCUST_USERS=2", "LOCUST_SPAWN_RATE=2", f"LOAD_OUT={tmp_path / 'load'}"]
+    ok(make("load", *args, env=envoy_stack.env))
+    stats = (tmp_path / "load_stats.csv").read_text().splitlines()
+    aggregated = next(line.split(",") for line in stats if ",Aggregated," in line)
+    assert int(aggregated[2]) > 0 and aggregated[3] == "0", stats  # requests made, none failed

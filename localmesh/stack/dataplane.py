@@ -69,16 +69,16 @@ def write_bootstraps(paths: Paths, tables: dict[str, RouteTable], ports: Ports) 
         admin = (LOOPBACK, admin_port(ports, workload))
         config = bootstrap(tables[workload], role, admin, paths.xds_dir(workload))
         atomic_write(paths.bootstrap_file(workload), json.dumps(config, indent=2))
-    write_xds(paths, tables, ports, running=False)
+    write_xds(paths, tables, ports)
 
 
-def write_xds(paths: Paths, tables: dict[str, RouteTable], ports: Ports, running: bool) -> None:
-    """The applied config as each Envoy's xDS files. To running Envoys (running=True) each step of the
-    write waits until the Envoy has accepted the one before (TimeoutError if it does not)."""
+def write_xds(paths: Paths, tables: dict[str, RouteTable], ports: Ports) -> None:
+    """The applied config as each Envoy's xDS files. To a running Envoy each step of the write waits
+    until it has accepted the one before (TimeoutError if it does not); before its start, none waits."""
     admins = proxy_admins(ports)
     for workload, where in envoy_ports(ports).items():
         resources = envoy_resources(tables[workload], where)
-        write_resources(paths.xds_dir(workload), resources, admins[workload] if running else None)
+        write_resources(paths.xds_dir(workload), resources, admins[workload])
 
 
 def wait_running(admin: str, version: str, deadline: float) -> str | None:

@@ -140,7 +140,7 @@ def deliver_to_envoy(paths: Paths, tables: dict[str, RouteTable], ports: Ports) 
     (the propagation time, which istiod's users watch as pilot_proxy_convergence_time)."""
     started = time.monotonic()
     try:
-        dataplane.write_xds(paths, tables, ports, running=True)
+        dataplane.write_xds(paths, tables, ports)
     except TimeoutError as err:
         raise PushError(
             f"{err} ({paths.logs}/). The config is saved; `make status` shows when it catches up."
