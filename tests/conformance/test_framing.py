@@ -12,16 +12,6 @@ from diffing import Fields, assert_same
 from proxy_testlib import App, connect, read_response
 from test_proxy_framing import CORPUS
 
-# Differences whose fix belongs to another area (reported there): name -> reason. Strict: once fixed,
-# the test passes and the mark must go.
-XFAIL = {
-    name: "Envoy config (localmesh/envoy/bootstrap.py): the bootstrap lacks pilot-agent's runtime flags "
-    "(istio/istio pkg/bootstrap/config.go extractRuntimeFlags: envoy.reloadable_features."
-    "http_reject_path_with_fragment false), so the Envoy sidecar refuses a #fragment with 400 where "
-    "Istio's strips it and forwards, as the Python sidecar does"
-    for name in ("fragment in origin-form is stripped", "fragment in absolute-form is stripped")
-}
-
 
 def _send(port: int, request: bytes) -> str:
     """The status of the first final answer, or how the connection ended without one."""
@@ -47,13 +37,7 @@ def _answer(port: int, app: App, request: bytes) -> Fields:
     return {"status": status, "forwarded": " ".join(forwarded) or "(nothing)"}
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=[pytest.mark.xfail(strict=True, reason=XFAIL[n])] if n in XFAIL else [])
-        for n in CORPUS
-    ],
-)
+@pytest.mark.parametrize("name", CORPUS)
 def test_framing_shape(dataplanes, app: App, name: str) -> None:
     planes = dataplanes("passthrough", upstream=app.port)  # httpbin.org is the recording app
     request = CORPUS[name][0]
