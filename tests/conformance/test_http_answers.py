@@ -151,7 +151,7 @@ def _connect(port: int, authority: str) -> Fields:
             return out
         # A tunnel to nowhere is closed at once, before the client writes (a write racing the close
         # would turn the proxy's FIN into a reset, whoever the proxy is).
-        ending = _end_of(sock, timeout=0.3)
+        ending = _end_of(sock, timeout=1.0)
         out["tunnel before the client writes"] = "open" if ending == "still open" else ending
         if ending != "still open":
             return out
