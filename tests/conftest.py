@@ -55,7 +55,7 @@ TIERS = ("unit", "integration", "stack", "browser")
 # Fixtures that start real processes (pytest lists a test's whole fixture closure, so naming the ones
 # that start something is enough).
 PROCESS_FIXTURES = frozenset(
-    {"httpbin_url", "start_prometheus", "postgres_server", "start_idgen", "standins"}
+    {"httpbin_url", "start_prometheus", "postgres_server", "start_idgen", "standins", "dataplanes"}
 )
 # Names a test module imports when it runs processes itself.
 PROCESS_NAMES = frozenset({"subprocess", "running", "ProxyProcess"})

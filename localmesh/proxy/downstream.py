@@ -4,7 +4,10 @@ keep-alive, pipelining (answered in order), flow control, protocol errors, CONNE
 Envoy behaviours imitated (envoy http1 `codec_impl.cc`, `conn_manager_impl.cc`):
 - a request that cannot be parsed is answered by a local reply whose body is the status text
   ("Bad Request"), with `connection: close`, response flag "DPE", and the connection is closed;
-- an HTTP/1.0 request on a listener that does not accept HTTP/1.0 gets 426 "Upgrade Required";
+- an HTTP/1.0 request on a listener that does not accept HTTP/1.0 gets 426 "Upgrade Required", and
+  so does any other version but HTTP/1.1 (0.9, 2.0, 9.9: `checkProtocolVersion`); a transfer coding
+  other than `chunked` alone gets 501 "Not Implemented" (tests/conformance/test_framing.py checks
+  both against Envoy);
 - reading pauses while a pipelined request waits for the one before it;
 - a connection with no request for the idle timeout is closed.
 """
@@ -27,6 +30,21 @@ from localmesh.proxy.tunnel import Tunnel
 # core protocol.proto HttpProtocolOptions.max_headers_count: 100): 431 beyond either.
 MAX_HEAD_BYTES = 60 * 1024
 MAX_HEADERS = 100
+
+
+def refusal_code(err: httptools.HttpParserError) -> int:
+    """Envoy's status for a request llhttp cannot parse: 501 for a bad Transfer-Encoding, 426 for a
+    version it does not know, else 400 (envoy http1 codec_impl.cc: invalid_transfer_encoding is
+    NotImplemented; checkProtocolVersion answers UpgradeRequired)."""
+    return _REFUSALS.get(str(err), 400)
+
+
+# llhttp's messages (httptools) for the requests Envoy does not answer with 400.
+_REFUSALS = {
+    "Invalid `Transfer-Encoding` header value": 501,  # "chunked, chunked", "chunked, gzip"
+    "Request has invalid `Transfer-Encoding`": 501,  # "identity", "xchunked"
+    "Invalid HTTP version": 426,  # HTTP/9.9
+}
 
 
 class Downstream(asyncio.Protocol):
@@ -78,8 +96,8 @@ class Downstream(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self._upgrade(data[exc.args[0] :])
             return
-        except httptools.HttpParserError:
-            self.protocol_error(400, self.parsing)
+        except httptools.HttpParserError as err:
+            self.protocol_error(refusal_code(err), self.parsing)
         parsing = self.parsing
         if parsing is not None and not parsing.headers_done and not self.broken:
             # The read where a head begins also holds what came before it (pipelined requests,

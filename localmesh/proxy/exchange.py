@@ -249,7 +249,9 @@ class Exchange:
         version = parser.get_http_version()
         self.http10 = version == "1.0"
         if not self.http10 and version != "1.1":
-            self.refuse = 400  # llhttp reads HTTP/2.0 (and 0.9) request lines: not HTTP/1.x here
+            # llhttp reads HTTP/2.0 (and 0.9) request lines; Envoy's codec answers any version but
+            # HTTP/1.1 (or an accepted 1.0) with 426 (codec_impl.cc checkProtocolVersion).
+            self.refuse = 426
         self.keep_alive = parser.should_keep_alive()
         self.head_request = self.method == b"HEAD"
         self.headers_done = True
@@ -410,7 +412,7 @@ class Exchange:
         elif kind == "gateway":
             decision = decide_ingress(table, authority.decode("latin-1"), path.decode("latin-1"))
             if decision is None:
-                self.local_reply(404, b"", "NR")
+                self.local_reply(404, b"", "NR", close=self._body_expected())
                 return
             self._use(decision)
         else:
@@ -430,7 +432,7 @@ class Exchange:
             if decision.upstream is None:
                 # BlackHoleCluster: Istio's block_all route is a direct response 502 with no body;
                 # a direct response sets no response flag.
-                self.local_reply(502, b"", "-")
+                self.local_reply(502, b"", "-", close=self._body_expected())
                 return
         self.head = self._build_head(path)
         if not self.req_complete and self._expects_continue():
@@ -739,6 +741,13 @@ class Exchange:
             self.down.resume("upstream")
 
     # --- endings ------------------------------------------------------------------------------
+
+    def _body_expected(self) -> bool:
+        """The request announces a body. Envoy answers a route's direct response (or no route) from
+        the headers alone, before the body is read, and closes the connection after it since the
+        request is not complete (envoy source/common/http/conn_manager_impl.cc sendLocalReply);
+        here the body may have been parsed already, so the announcement decides."""
+        return self.body_framing == b"chunked" or self.content_length not in (None, b"0")
 
     def _write(self, data: bytes) -> None:
         self.resp_bytes += len(data)

@@ -7,7 +7,8 @@ Metric names, the label set and its order, the defaults for unknown peers and th
 populatePeerInfo, populateFlagsAndConnectionSecurity). Request and response sizes are the wire
 bytes of the downstream connection (`getDownstreamBytesMeter()->wireBytesReceived()/Sent()`), the
 duration is `requestComplete()` in whole milliseconds, and histograms use Envoy's default buckets
-(envoy `source/common/stats/histogram_impl.h`, `supportedBuckets`).
+(envoy `source/common/stats/histogram_impl.h`, `supportedBuckets`) and its way of filling them (see
+`Histogram`).
 
 Hot path: a series (one label set: the counter and three histograms of an HTTP edge, or the four
 TCP counters) is created once and then found with one dict lookup on a key of objects the proxy
@@ -32,6 +33,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
+from functools import cache
 
 from localmesh.mesh.names import BLACKHOLE, ISTIO_VERSION, PASSTHROUGH, Service, Workload
 
@@ -137,18 +139,72 @@ def peer_values(
 
 
 class Histogram:
-    """Envoy-style histogram with fixed buckets; counts are per bucket, cumulated when exported."""
+    """An Envoy histogram: what it keeps and how /stats/prometheus reports it, value for value.
 
-    __slots__ = ("counts", "sum")
+    Envoy records each value into a log-linear histogram (libcircllhist: bins of two significant
+    digits, e.g. [120, 130)) and exports from those bins only (envoyproxy/envoy
+    source/common/stats/histogram_impl.cc HistogramStatisticsImpl: `hist_approx_count_below` per
+    bucket, `hist_approx_sum` for `_sum`). So, as real Envoy shows (tests/conformance/test_histograms.py):
+    - a bin is counted in every bucket whose bound is not below the bin's lower edge
+      (openhistogram/libcircllhist src/circllhist.c `hist_approx_count_below_inclusive`): a value
+      equal to a bound falls in that bound's bucket, and so does any value of the same bin
+      (105 bytes in le="100", 1234 ms in le="2500");
+    - `_sum` adds each bin's `hist_bucket_midpoint` (the point that balances the relative error
+      at both edges, bottom + width * bottom / (bottom + top)) times its count: 1 ms gives
+      1.047619..., 1234 bytes gives 1248.
+    """
+
+    __slots__ = ("bins",)
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
-        self.sum = 0
+        self.bins: dict[int, int] = {}  # a bin's lower edge -> how many values fell in it
 
     def observe(self, value: int) -> None:
-        # bisect_left: a value equal to a bound belongs to that bucket (le = "less or equal").
-        self.counts[bisect_left(BUCKETS, value)] += 1
-        self.sum += value
+        low = value if value < 100 else _bin_floor(value)
+        self.bins[low] = self.bins.get(low, 0) + 1
+
+    def cumulative(self) -> list[int]:
+        """The count of each bucket of BUCKETS, then +Inf, cumulated as Prometheus shows them."""
+        counts = [0] * (len(BUCKETS) + 1)
+        for low, count in self.bins.items():
+            counts[bisect_left(BUCKETS, low)] += count
+        total = 0
+        for i, count in enumerate(counts):
+            total += count
+            counts[i] = total
+        return counts
+
+    def sum(self) -> float:
+        """`hist_approx_sum`: the bins in ascending order, each its midpoint times its count."""
+        total = 0.0
+        for low in sorted(self.bins):
+            total += _midpoint(low) * float(self.bins[low])
+        return total
+
+
+def _bin_floor(value: int) -> int:
+    """The lower edge of the libcircllhist bin that holds value (>= 100): its first two digits."""
+    step = int(10 ** (len(str(value)) - 2))
+    return value - value % step
+
+
+@cache
+def _midpoint(low: int) -> float:
+    """libcircllhist's `hist_bucket_midpoint` of the bin whose lower edge is low, computed with the
+    same floating-point steps as its C code (`int_scale_to_hist_bucket`, `hist_bucket_to_double`),
+    so the sum is Envoy's to the last bit."""
+    if low == 0:
+        return 0.0  # the zero bin
+    if low < 10:
+        val, exp = low * 10, 0
+    else:
+        digits = len(str(low))
+        val, exp = low // 10 ** (digits - 2), digits - 1
+    power = float(f"1e{exp}")  # the C code's table of powers of ten holds these literals
+    bottom = (val / 10.0) * power
+    interval = power / 10.0
+    top = bottom + interval
+    return bottom + interval * (bottom / (bottom + top))
 
 
 class HttpSeries:
@@ -183,12 +239,13 @@ class TcpSeries:
         self.received = 0
 
 
-def _format_bound(bound: float) -> str:
-    # Envoy prints bucket bounds with "{:.32g}": 0.5, 1, 1800000 (never 1.8e+06).
-    return format(bound, ".32g")
+def _format_number(number: float) -> str:
+    # Envoy prints bucket bounds and sums with "{:.32g}": 0.5, 1, 1800000 (never 1.8e+06), 1248,
+    # 1.0476190476190476719153821250075 (envoyproxy/envoy source/server/admin/prometheus_stats.cc).
+    return format(number, ".32g")
 
 
-_LE = (*tuple(_format_bound(b) for b in BUCKETS), "+Inf")
+_LE = (*tuple(_format_number(b) for b in BUCKETS), "+Inf")
 
 
 # A series' identity: the label inputs it was created from (reporter, peers, service, outcome).
@@ -312,10 +369,9 @@ class Telemetry:
             out.append(f"# TYPE {name} histogram")
             for series in http:
                 histogram: Histogram = getattr(series, attr)
-                cumulative = 0
-                for le, count in zip(_LE, histogram.counts, strict=True):
-                    cumulative += count
-                    out.append(f'{name}_bucket{{{series.labels},le="{le}"}} {cumulative}')
-                out.append(f"{name}_sum{{{series.labels}}} {histogram.sum}")
-                out.append(f"{name}_count{{{series.labels}}} {cumulative}")
+                counts = histogram.cumulative()
+                for le, count in zip(_LE, counts, strict=True):
+                    out.append(f'{name}_bucket{{{series.labels},le="{le}"}} {count}')
+                out.append(f"{name}_sum{{{series.labels}}} {_format_number(histogram.sum())}")
+                out.append(f"{name}_count{{{series.labels}}} {counts[-1]}")
         return "\n".join(out) + "\n"

@@ -25,7 +25,11 @@ from localmesh.proxy import http1
 from localmesh.proxy.interfaces import DownstreamConnection
 from localmesh.proxy.state import ProxyState
 
-ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+def established() -> bytes:
+    """The answer that opens a tunnel, as Envoy's HTTP connection manager writes it for CONNECT (a
+    200 with its date and server headers; checked by tests/conformance/test_http_answers.py)."""
+    return b"HTTP/1.1 200 OK\r\ndate: %s\r\nserver: envoy\r\n\r\n" % http1.DATE.get()
 
 
 class TunnelClient(DownstreamConnection, Protocol):
@@ -91,7 +95,7 @@ class Tunnel:
             self.down.abort()
             return
         decision = self.decision = decide_outbound(state.table, host, port, "tcp")
-        self.down.write(ESTABLISHED)
+        self.down.write(established())
         if decision.upstream is None:
             # BlackHoleCluster: tcp_proxy finds no host and closes the connection right away.
             self.flags = "UH"

@@ -50,11 +50,15 @@ def test_http_series_exposition_exact():
     assert duration[2] == f'istio_request_duration_milliseconds_bucket{{{labels},le="5"}} 2'
     assert duration[17] == f'istio_request_duration_milliseconds_bucket{{{labels},le="1800000"}} 2'
     assert duration[19] == f'istio_request_duration_milliseconds_bucket{{{labels},le="+Inf"}} 2'
-    assert duration[20] == f"istio_request_duration_milliseconds_sum{{{labels}}} 4"
+    # Sums as Envoy prints them: each value stands for the midpoint of its bin (1 -> 1.0476..., 3 ->
+    # 3.0491..., 100 -> 104.76..., 120 -> 124.8, 300 -> 304.91...); tests/conformance checks them
+    # against real Envoy.
+    duration_sum = "4.0967993754879001855329079262447"
+    assert duration[20] == f"istio_request_duration_milliseconds_sum{{{labels}}} {duration_sum}"
     assert duration[21] == f"istio_request_duration_milliseconds_count{{{labels}}} 2"
     assert "# TYPE istio_request_bytes histogram" in lines
-    assert f"istio_request_bytes_sum{{{labels}}} 220" in lines
-    assert f"istio_response_bytes_sum{{{labels}}} 600" in lines
+    assert f"istio_request_bytes_sum{{{labels}}} 229.56190476190477056661620736122" in lines
+    assert f"istio_response_bytes_sum{{{labels}}} 609.83606557377049739443464204669" in lines
     assert text.endswith("\n")
 
 
