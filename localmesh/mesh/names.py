@@ -123,3 +123,39 @@ def resolve_host(host: str, namespace: str) -> str:
     if "." not in host and "*" not in host:
         return f"{host}.{namespace}.svc.{CLUSTER_DOMAIN}"
     return host
+
+
+# Istio's standard metric labels in the order istio_stats pushes its tags, which is the order Envoy
+# exports them (envoyproxy/envoy contrib/istio/filters/http/istio_stats/source/istio_stats.cc).
+# Both data planes' metrics use these lists.
+PEER_LABELS: tuple[str, ...] = (
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+)
+HTTP_LABELS: tuple[str, ...] = (
+    *PEER_LABELS,
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+)
+TCP_LABELS: tuple[str, ...] = (*PEER_LABELS, "response_flags", "connection_security_policy")

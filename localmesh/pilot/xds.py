@@ -13,7 +13,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from localmesh.mesh.names import ALLOW_ANY, BLACKHOLE, CLUSTER_ID, PASSTHROUGH, Service, Workload
+from localmesh.mesh.names import (
+    ALLOW_ANY,
+    BLACKHOLE,
+    CLUSTER_ID,
+    HTTP_LABELS,
+    PASSTHROUGH,
+    TCP_LABELS,
+    Service,
+    Workload,
+)
 from localmesh.pilot.identity import peer_headers
 from localmesh.pilot.routes import (
     _HTTP_PROTOCOLS,
@@ -60,39 +69,6 @@ PEER_HEADER_PREFIX = "x-localmesh-peer-"
 # Istio's metadata-exchange pair, still sent between the proxies and stripped at the receiver.
 MX_HEADERS = ("x-envoy-peer-metadata-id", "x-envoy-peer-metadata")
 
-# The label order of istio_stats (istio/proxy source/extensions/filters/http/istio_stats; the same
-# list as localmesh/proxy/telemetry.py, which this layer cannot import).
-PEER_LABELS = (
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_cluster",
-    "request_protocol",
-)
-HTTP_LABELS = (
-    *PEER_LABELS,
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-)
-TCP_LABELS = (*PEER_LABELS, "response_flags", "connection_security_policy")
 
 # The workload fields, in the order of the source_*/destination_* labels, and the peer header of each.
 _WORKLOAD_FIELDS = (

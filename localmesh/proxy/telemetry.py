@@ -35,7 +35,15 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from functools import cache
 
-from localmesh.mesh.names import BLACKHOLE, ISTIO_VERSION, PASSTHROUGH, Service, Workload
+from localmesh.mesh.names import (
+    BLACKHOLE,
+    HTTP_LABELS,
+    ISTIO_VERSION,
+    PASSTHROUGH,
+    TCP_LABELS,
+    Service,
+    Workload,
+)
 
 # Distinct passthrough/blackhole hosts a proxy names before it reports "overflow": far above what a
 # mesh's unregistered egress normally shows (this demo: 1), small enough that the metrics page stays
@@ -51,39 +59,6 @@ BUCKETS: tuple[float, ...] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
     1800000, 3600000,
 )  # fmt: skip
-
-# The order in which istio_stats pushes its tags (Envoy exports them in that order).
-PEER_LABELS: tuple[str, ...] = (
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_cluster",
-    "request_protocol",
-)
-HTTP_LABELS: tuple[str, ...] = (
-    *PEER_LABELS,
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-)
-TCP_LABELS: tuple[str, ...] = (*PEER_LABELS, "response_flags", "connection_security_policy")
 
 
 def max_passthrough_hosts(env: Mapping[str, str] = os.environ) -> int:

@@ -21,9 +21,9 @@ import requests
 
 from localmesh.envoy.bootstrap import bootstrap, command
 from localmesh.envoy.xdsfiles import running_version, write_resources
+from localmesh.mesh.names import HTTP_LABELS, TCP_LABELS
 from localmesh.pilot.routes import RouteTable
 from localmesh.pilot.xds import EnvoyPorts, envoy_resources
-from localmesh.proxy.telemetry import HTTP_LABELS, TCP_LABELS
 from localmesh.stack.procs import free_port, running
 from tests.localmesh.proxy_testlib import (
     ISTIO_LINE,

@@ -14,10 +14,10 @@ from localmesh.envoy import binary
 from localmesh.envoy.binary import EnvoyUnavailable, envoy_binary
 from localmesh.envoy.bootstrap import bootstrap, command
 from localmesh.envoy.xdsfiles import write_resources
+from localmesh.mesh.names import HTTP_LABELS, TCP_LABELS
 from localmesh.pilot import xds
 from localmesh.pilot.xds import EnvoyPorts, EnvoyResources, envoy_resources
 from localmesh.proxy.peer_metadata import Identity
-from localmesh.proxy.telemetry import HTTP_LABELS, TCP_LABELS
 from tests.localmesh.proxy_testlib import closed_port, tables
 
 IDGEN = "idgen.recipes.svc.cluster.local"
