@@ -1,0 +1,93 @@
+"""Envoy's bootstrap as pilot-agent writes it for a sidecar or a gateway, with file-based xDS.
+
+pilot-agent gives Envoy its node (ID, cluster, metadata: istio/istio pkg/bootstrap/config.go and
+tools/packaging/common/envoy_bootstrap.json) and an admin listener, and points dynamic_resources at
+istiod over ADS. Here the dynamic resources come from files in `xds_dir` (path_config_source with a
+watched_directory, so an atomic rename into the directory is a config push); localmesh/envoy/xdsfiles.py
+writes them. Histograms keep Envoy's default buckets (no histogram_bucket_settings), as Istio does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from localmesh.envoy.binary import envoy_binary
+from localmesh.pilot.identity import node_id, workload_metadata
+from localmesh.pilot.routes import RouteTable
+from localmesh.pilot.xds import GATEWAY, SIDECAR
+
+ISTIO_VERSION = "1.31.0"
+_INTERNAL_LISTENER = "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+CLUSTERS_FILE = "cds.json"
+LISTENERS_FILE = "lds.json"
+# Envoy flushes its access log file every --file-flush-interval-msec; one second keeps
+# `localmesh logs` current, as the Python proxies do.
+FLUSH_INTERVAL_MS = 1000
+
+
+def node_kind(role: str) -> str:
+    """pilot-agent's proxy type: "sidecar", or "router" for a gateway."""
+    if role not in (SIDECAR, GATEWAY):
+        raise ValueError(f"role must be {SIDECAR!r} or {GATEWAY!r}, not {role!r}")
+    return "router" if role == GATEWAY else SIDECAR
+
+
+def file_source(xds_dir: Path, name: str) -> dict[str, Any]:
+    """A ConfigSource reading `name` in xds_dir, reloaded when a file is moved into the directory."""
+    return {
+        "path_config_source": {
+            "path": str(xds_dir.resolve() / name),
+            "watched_directory": {"path": str(xds_dir.resolve())},
+        },
+        "resource_api_version": "V3",
+    }
+
+
+def bootstrap(table: RouteTable, role: str, admin: tuple[str, int], xds_dir: Path) -> dict[str, Any]:
+    """The bootstrap of one proxy: node as pilot-agent names it, admin listener, file-based xDS."""
+    proxy = table.proxy
+    metadata: dict[str, Any] = {**workload_metadata(proxy), "ISTIO_VERSION": ISTIO_VERSION}
+    if proxy.principal != "unknown":
+        metadata["SERVICE_ACCOUNT"] = proxy.principal.rpartition("/")[2]
+    return {
+        "node": {
+            "id": node_id(proxy, node_kind(role)),
+            # pilot-agent's --serviceCluster default: <canonical name>.<namespace>
+            "cluster": f"{proxy.canonical_service}.{proxy.namespace}",
+            "metadata": metadata,
+        },
+        "admin": {"address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}},
+        "dynamic_resources": {
+            "cds_config": file_source(xds_dir, CLUSTERS_FILE),
+            "lds_config": file_source(xds_dir, LISTENERS_FILE),
+        },
+        # Istio's bootstrap turns Envoy's tag extraction off for its own stats and keeps the
+        # default buckets; the istio_* stats carry their labels as explicit tags.
+        "stats_config": {"use_all_default_tags": False},
+        # Internal listeners (the blackholed CONNECT tunnel's tcp_proxy; Istio uses them for HBONE).
+        "bootstrap_extensions": [
+            {
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {"@type": _INTERNAL_LISTENER},
+            }
+        ],
+    }
+
+
+def command(bootstrap_file: Path, base_id: int, log_level: str = "warning") -> list[str]:
+    """The argv that runs Envoy on a bootstrap file. base_id: unique per Envoy on this machine
+    (shared memory and the hot-restart socket are named by it)."""
+    return [
+        str(envoy_binary()),
+        "-c",
+        str(bootstrap_file),
+        "--base-id",
+        str(base_id),
+        "-l",
+        log_level,
+        "--file-flush-interval-msec",
+        str(FLUSH_INTERVAL_MS),
+        "--drain-time-s",
+        "1",
+    ]
