@@ -105,6 +105,7 @@ _WORKLOAD_FIELDS = (
     ("version", "version"),
     ("cluster", "cluster"),
 )
+PEER_HEADERS = tuple(PEER_HEADER_PREFIX + s.replace("_", "-") for s, _ in _WORKLOAD_FIELDS)
 _EMPTY = "%CEL('')%"  # a label with no value (a literal value_format may not be empty)
 
 _T = "type.googleapis.com/"
@@ -732,6 +733,10 @@ def _blackhole_tunnel_listener(table: RouteTable) -> Resource:
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
         stat_prefix=BLACKHOLE,
         cluster=BLACKHOLE,
+        # Connect (and fail) only when the client has sent its first bytes, so the CONNECT is answered
+        # 200 first and the client sees its TLS handshake cut, as on a cluster.
+        upstream_connect_mode="ON_DOWNSTREAM_DATA",
+        max_early_data_bytes=16384,
         access_log=[_stdout_logger(), _tcp_stats_logger(formats)],
     )
     return _typed(
@@ -766,12 +771,14 @@ def _hcm(
     return _filter("envoy.filters.network.http_connection_manager", _HCM, **config)
 
 
-def _listener(name: str, addr: tuple[str, int], hcm: Resource) -> Resource:
+def _listener(name: str, addr: tuple[str, int], hcm: Resource, direction: str) -> Resource:
+    """direction: INBOUND or OUTBOUND, as pilot marks its listeners (the gateway's is OUTBOUND)."""
     return _typed(
         "envoy.config.listener.v3.Listener",
         name=name,
         address=_address(addr),
         filter_chains=[{"filters": [hcm]}],
+        traffic_direction=direction,
     )
 
 
@@ -791,7 +798,7 @@ def _outbound_listener(table: RouteTable, addr: tuple[str, int]) -> Resource:
         upgrade_configs=[{"upgrade_type": "CONNECT"}],
         use_remote_address=False,
     )
-    return _listener(f"{addr[0]}_{addr[1]}", addr, hcm)
+    return _listener(f"{addr[0]}_{addr[1]}", addr, hcm, "OUTBOUND")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -917,7 +924,7 @@ def _inbound_listener(table: RouteTable, addr: tuple[str, int]) -> Resource:
         forward_client_cert_details="APPEND_FORWARD",
         use_remote_address=False,
     )
-    return _listener("virtualInbound", addr, hcm)
+    return _listener("virtualInbound", addr, hcm, "INBOUND")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -950,18 +957,23 @@ def _gateway_route(table: RouteTable, listen_port: int) -> Resource:
 def _ingress_route(table: RouteTable, route: IngressRoute) -> Resource:
     match: Resource = {"path": route.path} if route.match == "exact" else {"prefix": route.path or "/"}
     path = route.path if route.match == "exact" else (route.path or "/") + "*"
-    _, _, port_host = route.cluster.split("|", 2)
-    port, _, host = port_host.partition("||")
+    _, port, _, host = route.cluster.split("|", 3)  # outbound|<port>|<subset>|<host>
     gw = table.proxy
+    operation = f"{host}:{port}{path}"
     return {
         "name": f"{route.virtual_service}",
         "match": match,
         "route": {"cluster": route.cluster, "timeout": "0s", "retry_policy": _retry(DEFAULT_RETRY_ON)},
         # route/route.go GetRouteOperation: <host>:<port><path> of the destination cluster.
-        "decorator": {"operation": f"{host}:{port}{path}"},
+        "decorator": {"operation": operation},
         "metadata": {"filter_metadata": _destination_metadata(route.service, None, host_is_service=False)},
+        # A client's own peer headers are dropped first (Envoy removes before it adds).
+        "request_headers_to_remove": [*MX_HEADERS, *PEER_HEADERS],
         "request_headers_to_add": [*_mx_headers(gw, "router"), *_peer_identity_headers(gw)],
         "response_headers_to_remove": list(MX_HEADERS),
+        # Istio's gateway answers with its route's operation (Envoy's tracing decorator; Envoy sets
+        # it only with a tracer, which this mesh has not, so the route adds it).
+        "response_headers_to_add": [_header("x-envoy-decorator-operation", operation)],
     }
 
 
@@ -986,4 +998,4 @@ def _gateway_listener(table: RouteTable, addr: tuple[str, int]) -> Resource:
         use_remote_address=True,
         forward_client_cert_details="SANITIZE_SET",
     )
-    return _listener(f"0.0.0.0_{addr[1]}", addr, hcm)
+    return _listener(f"0.0.0.0_{addr[1]}", addr, hcm, "OUTBOUND")
