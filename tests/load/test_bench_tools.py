@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import loadgen, procstat, profile, proxy_overhead, results
+from bench import loadgen, procstat, profile, proxy_overhead, results, startup
 from bench.loadgen import Request
 from bench.parts import DATAPLANES, proxy_rig
 from localmesh.envoy.binary import EnvoyUnavailable, envoy_binary
@@ -160,3 +160,13 @@ def test_top_frames_counts_self_time_of_leaf_frames() -> None:
         (75.0, "write (localmesh/upstream.py:108)"),
         (25.0, "run (lib/python3.11/asyncio/runners.py:118)"),
     ]
+
+
+def test_startup_bench_starts_each_data_plane_to_a_first_answer(tmp_path: Path) -> None:
+    """bench/startup.py's side-by-side start, once per data plane: each comes up from the same
+    manifests and answers through gateway -> sidecar -> app (wait_for raises otherwise)."""
+    envoy_or_skip()
+    took = startup.time_dataplane_starts(tmp_path, 1)
+    assert set(took) == set(DATAPLANES)
+    assert all(len(seconds) == 1 and seconds[0] > 0 for seconds in took.values()), took
+    assert startup.starts_table(took)[-3].startswith("| local Python proxies |")
