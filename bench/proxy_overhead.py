@@ -107,6 +107,9 @@ class Memory:
     requests_counted: float  # the proxy's istio_requests_total, summed: its metrics were on
 
 
+Figures = dict[tuple[str, str], Measured]  # (hop, data plane) -> its rounds merged
+
+
 def merge(runs: list[Measured]) -> Measured:
     """Several rounds of one path as one: totals for counts and CPU, medians for rate and latency."""
     loads = [m.load for m in runs]
@@ -266,9 +269,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-Figures = dict[tuple[str, str], Measured]
-
-
 def run_rounds(
     rig: Rig, args: argparse.Namespace
 ) -> tuple[Figures, Figures, dict[str, dict[str, Memory]], str, list[str]]:
@@ -325,7 +325,7 @@ def report(
         f"paced: {args.paced_connections} connections at {args.rate:g} req/s in total. "
         f"One worker per proxy: the local proxies run one asyncio loop, Envoy `--concurrency "
         f"{ENVOY_CONCURRENCY}`. Both data planes get the same route tables (passthrough) and export "
-        "Istio's metrics (the last table counts their istio_requests_total).",
+        "Istio's metrics (the memory table counts their istio_requests_total).",
         "",
         "| hop | data plane | req/s | ratio to direct | p50 ms | p99 ms | paced req/s | paced p99 ms "
         "| added p99 ms (paced) |",
