@@ -18,7 +18,9 @@ from localmesh.pilot.routes import RouteTable
 from localmesh.pilot.xds import GATEWAY, SIDECAR
 
 ISTIO_VERSION = "1.31.0"
-_INTERNAL_LISTENER = "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+_T = "type.googleapis.com/envoy.extensions."
+_DOWNSTREAM_CONNECTIONS = _T + "resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+_INTERNAL_LISTENER = _T + "bootstrap.internal_listener.v3.InternalListener"
 CLUSTERS_FILE = "cds.json"
 LISTENERS_FILE = "lds.json"
 # Envoy flushes its access log file every --file-flush-interval-msec; one second keeps
@@ -65,6 +67,31 @@ def bootstrap(table: RouteTable, role: str, admin: tuple[str, int], xds_dir: Pat
         # Istio's bootstrap turns Envoy's tag extraction off for its own stats and keeps the
         # default buckets; the istio_* stats carry their labels as explicit tags.
         "stats_config": {"use_all_default_tags": False},
+        # pilot-agent's bootstrap (tools/packaging/common/envoy_bootstrap.json, pkg/bootstrap/config.go):
+        # a connection limit of MaxInt32 through the overload manager, and its runtime defaults.
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _DOWNSTREAM_CONNECTIONS,
+                        "max_active_downstream_connections": 2**31 - 1,
+                    },
+                }
+            ]
+        },
+        "layered_runtime": {
+            "layers": [
+                {
+                    "name": "global config",
+                    "static_layer": {
+                        "re2.max_program_size.error_level": "32768",
+                        "envoy.reloadable_features.http_reject_path_with_fragment": False,
+                    },
+                },
+                {"name": "admin", "admin_layer": {}},
+            ]
+        },
         # Internal listeners (the blackholed CONNECT tunnel's tcp_proxy; Istio uses them for HBONE).
         "bootstrap_extensions": [
             {
@@ -75,9 +102,12 @@ def bootstrap(table: RouteTable, role: str, admin: tuple[str, int], xds_dir: Pat
     }
 
 
-def command(bootstrap_file: Path, base_id: int, log_level: str = "warning") -> list[str]:
+def command(
+    bootstrap_file: Path, base_id: int, log_level: str = "warning", concurrency: int = 2
+) -> list[str]:
     """The argv that runs Envoy on a bootstrap file. base_id: unique per Envoy on this machine
-    (shared memory and the hot-restart socket are named by it)."""
+    (shared memory and the hot-restart socket are named by it); concurrency: worker threads,
+    pilot-agent's default (proxyConfig.concurrency 2)."""
     return [
         str(envoy_binary()),
         "-c",
@@ -88,6 +118,10 @@ def command(bootstrap_file: Path, base_id: int, log_level: str = "warning") -> l
         log_level,
         "--file-flush-interval-msec",
         str(FLUSH_INTERVAL_MS),
+        "--concurrency",
+        str(concurrency),
+        # A listener replaced by a push drains its connections this long (pilot-agent: 45 s; the
+        # demo switches options in seconds).
         "--drain-time-s",
         "1",
     ]

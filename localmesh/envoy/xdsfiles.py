@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from localmesh.envoy.bootstrap import CLUSTERS_FILE, LISTENERS_FILE
+from localmesh.envoy.bootstrap import CLUSTERS_FILE, LISTENERS_FILE, file_source
 from localmesh.pilot.xds import EnvoyResources, routes_file
 
 # Without an admin URL to ask, a step is given this long to be read (inotify reacts in milliseconds).
@@ -51,22 +51,18 @@ def _resolve_paths(node: Any, xds_dir: Path) -> Any:
     out = {key: _resolve_paths(value, xds_dir) for key, value in node.items()}
     source = out.get("path_config_source")
     if isinstance(source, dict) and not Path(source["path"]).is_absolute():
-        folder = str(xds_dir.resolve())
-        out["path_config_source"] = {
-            **source,
-            "path": str(Path(folder) / source["path"]),
-            "watched_directory": {"path": folder},
-        }
+        out.update(file_source(xds_dir, source["path"]))
     return out
 
 
-def _current_clusters(path: Path) -> list[dict[str, Any]]:
+def _resources(path: Path) -> list[dict[str, Any]]:
+    """The resources of a discovery file written before ([] when there is none)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
-    clusters = data.get("resources", []) if isinstance(data, dict) else []
-    return [c for c in clusters if isinstance(c, dict)]
+    found = data.get("resources", []) if isinstance(data, dict) else []
+    return [r for r in found if isinstance(r, dict)]
 
 
 def write_resources(xds_dir: Path, resources: EnvoyResources, admin_url: str | None = None) -> None:
@@ -78,7 +74,7 @@ def write_resources(xds_dir: Path, resources: EnvoyResources, admin_url: str | N
     clusters_path, listeners_path = xds_dir / CLUSTERS_FILE, xds_dir / LISTENERS_FILE
     live = listeners_path.exists()
     new = {c["name"]: c for c in resources.clusters}
-    merged = {c["name"]: c for c in _current_clusters(clusters_path) if c.get("name") not in new}
+    merged = {c["name"]: c for c in _resources(clusters_path) if c.get("name") not in new}
     merged.update(new)
 
     def step(path: Path, data: dict[str, Any], kind: str, name: str = "") -> None:
@@ -88,9 +84,11 @@ def write_resources(xds_dir: Path, resources: EnvoyResources, admin_url: str | N
 
     step(clusters_path, _discovery(f"{version}-merge", list(merged.values())), "clusters")
     for route in resources.routes:
-        # A route configuration no listener uses yet is loaded with the listeners: not waited for.
+        # An unchanged route configuration is left alone: Envoy skips an identical one without
+        # taking its version. A new one, no listener uses yet, is loaded with the listeners.
         path = xds_dir / routes_file(route["name"])
-        step(path, _discovery(version, [route]), "routes", route["name"])
+        if _resources(path) != [route]:
+            step(path, _discovery(version, [route]), "routes", route["name"])
     listeners = [_resolve_paths(listener, xds_dir) for listener in resources.listeners]
     step(listeners_path, _discovery(version, listeners), "listeners")
     step(clusters_path, _discovery(version, list(resources.clusters)), "clusters")
@@ -112,34 +110,34 @@ def _wait_accepted(admin_url: str | None, kind: str, version: str, name: str) ->
         time.sleep(0.02)
 
 
-_DUMP_TYPES = {
-    "clusters": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
-    "routes": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
-    "listeners": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+# The version each subscription last accepted, from Envoy's text readouts: they change on every
+# accepted file, identical content included (config_dump keeps the version of the last change).
+_VERSION_STATS = {
+    "clusters": "cluster_manager.cds.version_text",
+    "listeners": "listener_manager.lds.version_text",
 }
 
 
 def _accepted_version(admin_url: str, kind: str, name: str = "") -> str | None:
+    """The version Envoy accepted for the clusters, the listeners or one route configuration (None:
+    no answer, or no listener uses that route configuration yet)."""
     try:
-        response = requests.get(f"{admin_url}/config_dump", timeout=5)
+        response = requests.get(f"{admin_url}/stats", params={"filter": "version_text$"}, timeout=5)
         response.raise_for_status()
-        configs = response.json().get("configs", [])
-    except (requests.RequestException, ValueError):
+    except requests.RequestException:
         return None
-    for config in configs:
-        if config.get("@type") != _DUMP_TYPES[kind]:
-            continue
-        if kind == "routes":
-            for route in config.get("dynamic_route_configs", []):
-                if route.get("route_config", {}).get("name") == name:
-                    return str(route.get("version_info"))
-            return None
-        version = config.get("version_info")
-        return str(version) if version is not None else None
-    return None
+    found = set()
+    for line in response.text.splitlines():
+        stat, _, value = line.partition(": ")
+        # A route configuration's readout is per listener using it: http.<prefix>.rds.<name>.version_text
+        if stat == _VERSION_STATS.get(kind) or (
+            kind == "routes" and stat.endswith(f".rds.{name}.version_text")
+        ):
+            found.add(value.strip().strip('"'))
+    return found.pop() if len(found) == 1 else None
 
 
 def running_version(admin_url: str) -> str | None:
     """The version of the listeners Envoy has accepted (the route table's version once a push is
-    through), or None when Envoy does not answer or has none yet."""
+    through: listeners are written after clusters and routes), or None when Envoy does not answer."""
     return _accepted_version(admin_url, "listeners")

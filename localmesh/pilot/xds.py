@@ -254,13 +254,7 @@ def _strip_upstream(*headers: str) -> Resource:
 
 def _blackhole_cluster() -> Resource:
     """BlackHoleCluster: STATIC with no endpoints (cluster_builder.go buildBlackHoleCluster)."""
-    return _typed(
-        "envoy.config.cluster.v3.Cluster",
-        name=BLACKHOLE,
-        type="STATIC",
-        connect_timeout="10s",
-        load_assignment={"cluster_name": BLACKHOLE},
-    )
+    return _typed("envoy.config.cluster.v3.Cluster", name=BLACKHOLE, type="STATIC", connect_timeout="10s")
 
 
 def _static_cluster(name: str, endpoint: tuple[str, int], metadata: Resource | None = None) -> Resource:
@@ -363,6 +357,15 @@ def _destination_metadata(service: Service, workload: Workload | None, host_is_s
     return {LABELS_NS: labels}
 
 
+_ROUTE_LABELS = f"xds.route_metadata.filter_metadata['{LABELS_NS}']"
+
+
+def _routed(expression: str, otherwise: str) -> str:
+    """A CEL value_format: `expression` when the request took one of our routes, else `otherwise`."""
+    routed = f"has(xds.route_metadata) && '{LABELS_NS}' in xds.route_metadata.filter_metadata"
+    return f"%CEL({routed} ? ({expression}) : {otherwise})%"
+
+
 def _route_label(key: str) -> str:
     return f"%METADATA(ROUTE:{LABELS_NS}:{key})%"
 
@@ -402,14 +405,18 @@ def _label_formats(table: RouteTable, role: str, direction: str, tcp: bool) -> d
             labels[key] = (
                 _peer_label(UPSTREAM_PEER_NS, suffix) if direction == "gateway" else _route_label(key)
             )
+        # A request no route took (the gateway's 404 NR) names an "unknown" service; passthrough and
+        # blackhole routes name none: there the Host header is destination_service.
         for key in ("destination_service_name", "destination_service_namespace"):
-            labels[key] = _route_label(key)
-        # Passthrough and blackhole routes name no service: the Host header is destination_service.
+            labels[key] = _routed(f"{_ROUTE_LABELS}['{key}']", "'unknown'")
         labels["destination_service"] = (
             _route_label("destination_service")
             if tcp
-            else f"%CEL('destination_service' in xds.route_metadata.filter_metadata['{LABELS_NS}'] ? "
-            f"xds.route_metadata.filter_metadata['{LABELS_NS}']['destination_service'] : request.host)%"
+            else _routed(
+                f"'destination_service' in {_ROUTE_LABELS} ? "
+                f"{_ROUTE_LABELS}['destination_service'] : request.host",
+                "'unknown'",
+            )
         )
         labels["connection_security_policy"] = "unknown"
     labels["request_protocol"] = "tcp" if tcp else "http"
@@ -435,7 +442,7 @@ def _http_stats_logger(formats: Mapping[str, str], log_filter: Resource | None =
         "envoy.access_loggers.stats",
         "envoy.extensions.access_loggers.stats.v3.Config",
         # Envoy's prometheus output prefixes "envoy_": envoy_istio_requests_total (see the docs).
-        stat_prefix="istio",
+        stats_scope={"prefix": "istio"},
         counters=[{"stat": {"name": "requests_total", "tags": tags}, "value_fixed": 1}],
         histograms=[
             histogram("request_duration_milliseconds", "Milliseconds", "%DURATION%"),
@@ -454,7 +461,7 @@ def _tcp_stats_logger(formats: Mapping[str, str], log_filter: Resource | None = 
     logger = _filter(
         "envoy.access_loggers.stats",
         "envoy.extensions.access_loggers.stats.v3.Config",
-        stat_prefix="istio",
+        stats_scope={"prefix": "istio"},
         counters=[
             {"stat": {"name": "tcp_connections_opened_total", "tags": tags}, "value_fixed": 1},
             {"stat": {"name": "tcp_connections_closed_total", "tags": tags}, "value_fixed": 1},
@@ -517,18 +524,29 @@ _NOT_CONNECT_FILTER = {
 
 
 def _vhost_domains(names: Iterable[str], port: int) -> list[str]:
-    """A service's names with and without the port (httproute.go generateVirtualHostDomains)."""
+    """A service's names with the port, and without it for port 80 (what a Host header without a port
+    means). pilot's http_proxy routes list both forms (httproute.go generateVirtualHostDomains with
+    listenerPort 0); its per-port listeners let it ignore the port elsewhere, the single HTTP_PROXY
+    listener here cannot (docs/envoy-dataplane.md)."""
     out: list[str] = []
     for name in names:
-        for domain in (name, f"{name}:{port}"):
+        for domain in (name, f"{name}:{port}") if port == 80 else (f"{name}:{port}",):
             if domain not in out:
                 out.append(domain)
     return out
 
 
 def _cluster_route(
-    name: str, cluster: str, metadata: Resource, *, headers: Iterable[Resource] = (), connect: bool = False
+    name: str,
+    cluster: str,
+    metadata: Resource,
+    *,
+    headers: Iterable[Resource] = (),
+    connect: bool = False,
+    retry: bool = True,
 ) -> Resource:
+    """A route to a cluster (no timeout, as pilot's); HTTP ones retry as pilot's default routes, except
+    allow_any, which pilot builds without a retry policy (httproute.go buildCatchAllVirtualHost)."""
     route: Resource = {
         "name": name,
         "match": {"connect_matcher": {}} if connect else {"prefix": "/"},
@@ -537,11 +555,15 @@ def _cluster_route(
     }
     if connect:
         route["route"]["upgrade_configs"] = [{"upgrade_type": "CONNECT", "connect_config": {}}]
-    else:
+    elif retry:
         route["route"]["retry_policy"] = _retry(DEFAULT_RETRY_ON)
     added = list(headers)
     if added:
         route["request_headers_to_add"] = added
+    if cluster == PASSTHROUGH:
+        # Only the route says where PassthroughCluster connects: a client's own header is dropped
+        # (Envoy removes before it adds).
+        route["request_headers_to_remove"] = [ORIGINAL_DST_HEADER]
     return route
 
 
@@ -579,10 +601,13 @@ def _mesh_vhost(svc: MeshServiceRoute) -> Resource:
     name = cluster_name(svc.host, svc.port)
     service = Service(svc.host, svc.name, svc.namespace)
     meta = _destination_metadata(service, _unknown_workload(), host_is_service=False)
+    route = _cluster_route(DEFAULT_ROUTE, name, meta)
+    # The answering sidecar's identity headers stop here: the app never sees them.
+    route["response_headers_to_remove"] = [*MX_HEADERS, *PEER_HEADERS]
     return {
         "name": f"{svc.host}:{svc.port}",
         "domains": _vhost_domains((svc.host, *svc.aliases), svc.port),
-        "routes": [_cluster_route(DEFAULT_ROUTE, name, meta)],
+        "routes": [route],
         "include_request_attempt_count": True,
     }
 
@@ -669,12 +694,12 @@ def _catch_all_routes(table: RouteTable) -> list[Resource]:
         connect["match"]["headers"] = [_authority(key)]
         routes.append(connect)
         for authority in (host, key) if host_port == "80" else (key,):
-            route = _cluster_route(ALLOW_ANY_VHOST, PASSTHROUGH, http_meta, headers=target)
+            route = _cluster_route(ALLOW_ANY_VHOST, PASSTHROUGH, http_meta, headers=target, retry=False)
             route["match"]["headers"] = [_authority(authority)]
             routes.append(route)
     # Any other host: offline there is no DNS, so no upstream address: 503 UH, as a failed lookup.
     routes.append(_cluster_route(ALLOW_ANY_VHOST, PASSTHROUGH, tcp_meta, connect=True))
-    routes.append(_cluster_route(ALLOW_ANY_VHOST, PASSTHROUGH, http_meta))
+    routes.append(_cluster_route(ALLOW_ANY_VHOST, PASSTHROUGH, http_meta, retry=False))
     return routes
 
 
@@ -938,19 +963,16 @@ def _gateway_route(table: RouteTable, listen_port: int) -> Resource:
         for host in route.hosts:
             by_host.setdefault(host, []).append(_ingress_route(table, route))
     vhosts = [
-        {
-            "name": f"{host}:80",
-            "domains": ["*"] if host == "*" else [host, f"{host}:*"],
-            "routes": routes,
-            "include_request_attempt_count": True,
-        }
+        {"name": f"{host}:80", "domains": [host], "routes": routes, "include_request_attempt_count": True}
         for host, routes in by_host.items()
     ]
+    # gateway.go: with no virtual host, one "blackhole:<port>" without routes (404 NR to all).
     return _typed(
         "envoy.config.route.v3.RouteConfiguration",
         name=f"http.{listen_port}",
-        virtual_hosts=vhosts,
+        virtual_hosts=vhosts or [{"name": "blackhole:80", "domains": ["*"], "routes": []}],
         validate_clusters=False,
+        ignore_port_in_host_matching=True,
     )
 
 

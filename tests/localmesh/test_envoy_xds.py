@@ -66,8 +66,8 @@ def http_routes(res: EnvoyResources) -> list[dict[str, Any]]:
 
 
 def test_blackhole_cluster_is_static_without_endpoints():
-    assert by_name(sidecar("passthrough").clusters)["BlackHoleCluster"]["type"] == "STATIC"
-    assert "endpoints" not in by_name(sidecar("passthrough").clusters)["BlackHoleCluster"]["load_assignment"]
+    cluster = by_name(sidecar("passthrough").clusters)["BlackHoleCluster"]
+    assert (cluster["type"], "load_assignment" in cluster) == ("STATIC", False)
 
 
 def test_passthrough_cluster_is_original_dst():
@@ -101,12 +101,19 @@ def test_hosts_resolve_through_the_address_book_never_dns():
 
 
 def test_outbound_routes_use_istio_131_default_retries():
-    for route in http_routes(sidecar("serviceentry")):
-        if route["route"]["cluster"].startswith("inbound|"):
-            continue
+    routes = [
+        r for r in http_routes(sidecar("serviceentry")) if r["route"]["cluster"].startswith("outbound|")
+    ]
+    assert len(routes) == 2  # idgen's and httpbin.org's
+    for route in routes:
         policy = route["route"]["retry_policy"]
         assert (policy["retry_on"], policy["num_retries"]) == (xds.DEFAULT_RETRY_ON, 2)
         assert "retriable_status_codes" not in policy  # no status code is retried (1.24+)
+
+
+def test_allow_any_routes_have_no_retry_policy_as_pilots():
+    routes = [r for r in http_routes(sidecar("passthrough")) if r["route"]["cluster"] == "PassthroughCluster"]
+    assert routes and all("retry_policy" not in r["route"] for r in routes)
 
 
 def test_inbound_route_retries_twice_on_reset_before_request():
