@@ -131,12 +131,7 @@ def envoy_command(
     boot_file = workdir / f"{role}-bootstrap.json"
     boot_file.write_text(json.dumps(bootstrap(table, role, (LOOPBACK, admin), xds_dir), indent=1))
     # The admin port is free and ours alone: as a base id it keeps this Envoy's shared memory apart.
-    argv = command(boot_file, admin)
-    if "--concurrency" in argv:
-        argv[argv.index("--concurrency") + 1] = str(ENVOY_CONCURRENCY)
-    else:
-        argv += ["--concurrency", str(ENVOY_CONCURRENCY)]
-    return argv
+    return command(boot_file, admin, concurrency=ENVOY_CONCURRENCY)
 
 
 @contextlib.contextmanager
