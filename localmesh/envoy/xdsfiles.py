@@ -68,11 +68,13 @@ def _resources(path: Path) -> list[dict[str, Any]]:
 def write_resources(xds_dir: Path, resources: EnvoyResources, admin_url: str | None = None) -> None:
     """Writes resources for the Envoy watching xds_dir: clusters (old + new), routes, listeners, then
     clusters without the stale ones. With admin_url, each step waits until Envoy has accepted it
-    (TimeoutError after ACCEPT_TIMEOUT seconds); without, a running Envoy gets SETTLE_SECONDS per step."""
+    (TimeoutError after ACCEPT_TIMEOUT seconds); without, files already there are taken for a running
+    Envoy, which gets SETTLE_SECONDS per step. Nothing waits when no Envoy answers at admin_url (the
+    first write, before Envoy starts)."""
     xds_dir.mkdir(parents=True, exist_ok=True)
     version = resources.version
     clusters_path, listeners_path = xds_dir / CLUSTERS_FILE, xds_dir / LISTENERS_FILE
-    live = listeners_path.exists()
+    live = listeners_path.exists() and (admin_url is None or _answers(admin_url))
     new = {c["name"]: c for c in resources.clusters}
     merged = {c["name"]: c for c in _resources(clusters_path) if c.get("name") not in new}
     merged.update(new)
@@ -84,14 +86,22 @@ def write_resources(xds_dir: Path, resources: EnvoyResources, admin_url: str | N
 
     step(clusters_path, _discovery(f"{version}-merge", list(merged.values())), "clusters")
     for route in resources.routes:
-        # An unchanged route configuration is left alone: Envoy skips an identical one without
-        # taking its version. A new one, no listener uses yet, is loaded with the listeners.
+        # An unchanged route configuration is left alone (nothing to reload); a new one, which no
+        # listener uses yet, is loaded with the listeners.
         path = xds_dir / routes_file(route["name"])
         if _resources(path) != [route]:
             step(path, _discovery(version, [route]), "routes", route["name"])
     listeners = [_resolve_paths(listener, xds_dir) for listener in resources.listeners]
     step(listeners_path, _discovery(version, listeners), "listeners")
     step(clusters_path, _discovery(version, list(resources.clusters)), "clusters")
+
+
+def _answers(admin_url: str) -> bool:
+    try:
+        requests.get(f"{admin_url}/ready", timeout=2)
+    except requests.RequestException:
+        return False
+    return True
 
 
 def _wait_accepted(admin_url: str | None, kind: str, version: str, name: str) -> None:

@@ -209,10 +209,6 @@ def _retry(retry_on: str) -> Resource:
     return policy
 
 
-def _unknown_if_empty(value: str) -> str:
-    return value or "unknown"
-
-
 # --------------------------------------------------------------------------------------------------
 # Clusters (pilot/pkg/networking/core/cluster.go, cluster_builder.go)
 
@@ -486,32 +482,32 @@ ACCESS_LOG_FORMAT = (
 )
 
 
-def _stdout_logger() -> Resource:
-    return _filter(
+def _stdout_logger(log_filter: Resource | None = None) -> Resource:
+    logger = _filter(
         "envoy.access_loggers.stdout",
         "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
         log_format={"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
     )
+    if log_filter:
+        logger["filter"] = log_filter
+    return logger
+
+
+def _cel_filter(expression: str) -> Resource:
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": _typed(
+                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter", expression=expression
+            ),
+        }
+    }
 
 
 # CONNECT tunnels are TCP edges: the HCM records them, except blackholed ones (their internal
-# tcp_proxy does, as Istio's).
-_CONNECT_FILTER = {
-    "and_filter": {
-        "filters": [
-            {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "CONNECT"}}}},
-            {
-                "extension_filter": {
-                    "name": "envoy.access_loggers.extension_filters.cel",
-                    "typed_config": _typed(
-                        "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                        expression=f"xds.route_name != '{BLOCK_ALL_VHOST}'",
-                    ),
-                }
-            },
-        ]
-    }
-}
+# tcp_proxy does, as Istio's); it logs everything else, and the tunnel's tcp_proxy that one.
+_CONNECT_FILTER = _cel_filter(f"request.method == 'CONNECT' && xds.route_name != '{BLOCK_ALL_VHOST}'")
+_NOT_BLACKHOLED_CONNECT = _cel_filter(f"request.method != 'CONNECT' || xds.route_name != '{BLOCK_ALL_VHOST}'")
 _NOT_CONNECT_FILTER = {
     "header_filter": {
         "header": {"name": ":method", "string_match": {"exact": "CONNECT"}, "invert_match": True}
@@ -573,7 +569,7 @@ def _http_proxy_route(table: RouteTable) -> Resource:
     buildCatchAllVirtualHost)."""
     vhosts: list[Resource] = []
     for svc in table.mesh_services:
-        vhosts.append(_mesh_vhost(svc))
+        vhosts.append(_mesh_vhost(table, svc))
     vhosts.extend(_service_entry_vhost(table, entry) for entry in table.service_entries)
     vhosts.append(_catch_all_vhost(table))
     return _typed(
@@ -597,12 +593,18 @@ def _unique_domains(vhosts: list[Resource]) -> list[Resource]:
     return out
 
 
-def _mesh_vhost(svc: MeshServiceRoute) -> Resource:
+def _mesh_vhost(table: RouteTable, svc: MeshServiceRoute) -> Resource:
     name = cluster_name(svc.host, svc.port)
     service = Service(svc.host, svc.name, svc.namespace)
-    meta = _destination_metadata(service, _unknown_workload(), host_is_service=False)
+    meta = _destination_metadata(service, Workload(), host_is_service=False)
     route = _cluster_route(DEFAULT_ROUTE, name, meta)
-    # The answering sidecar's identity headers stop here: the app never sees them.
+    # A mesh peer learns who calls (as from the gateway); its own identity headers stop here, so the
+    # app never sees them.
+    route["request_headers_to_remove"] = [*MX_HEADERS, *PEER_HEADERS]
+    route["request_headers_to_add"] = [
+        *_mx_headers(table.proxy, SIDECAR),
+        *_peer_identity_headers(table.proxy),
+    ]
     route["response_headers_to_remove"] = [*MX_HEADERS, *PEER_HEADERS]
     return {
         "name": f"{svc.host}:{svc.port}",
@@ -610,10 +612,6 @@ def _mesh_vhost(svc: MeshServiceRoute) -> Resource:
         "routes": [route],
         "include_request_attempt_count": True,
     }
-
-
-def _unknown_workload() -> Workload:
-    return Workload()
 
 
 def _service_entry_workload(entry: ServiceEntryRoute) -> Workload:
@@ -814,7 +812,7 @@ def _outbound_listener(table: RouteTable, addr: tuple[str, int]) -> Resource:
         f"outbound_{addr[0]}_{addr[1]}",
         HTTP_PROXY_ROUTE,
         [
-            _stdout_logger(),
+            _stdout_logger(_NOT_BLACKHOLED_CONNECT),
             _http_stats_logger(http, _NOT_CONNECT_FILTER),
             _tcp_stats_logger(tcp, _CONNECT_FILTER),
         ],

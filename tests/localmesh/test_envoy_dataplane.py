@@ -423,6 +423,35 @@ def test_gateway_routes_to_the_sidecar_with_peer_identity(mesh: Mesh):
     assert wait_count(mesh.sidecar, "istio_requests_total", at_sidecar, 1) >= 1
 
 
+def test_a_mesh_service_through_the_sidecar_learns_its_caller(mesh: Mesh):
+    """idgen's sidecar calling idgen's Service: the inbound side names idgen as the source."""
+    mesh.switch("blackhole")  # a mesh Service is registered whatever the outbound policy
+    status, headers, body = via_sidecar(mesh, f"http://{IDGEN}/hello", IDGEN)
+    assert (status, body, headers["server"]) == (200, b"hello", "envoy")
+    assert_no_internal_headers(headers)
+    assert_no_internal_headers(mesh.app.requests[-1]["headers"])
+    inbound = http_series(
+        **{**IDGEN_SOURCE, "reporter": "destination"},
+        destination_workload="idgen",
+        destination_workload_namespace="recipes",
+        destination_principal=IDGEN_PRINCIPAL,
+        destination_app="idgen",
+        destination_version="v1",
+        destination_service=IDGEN,
+        destination_canonical_service="idgen",
+        destination_canonical_revision="v1",
+        destination_service_name="idgen",
+        destination_service_namespace="recipes",
+        destination_cluster="Kubernetes",
+        request_protocol="http",
+        response_code="200",
+        grpc_response_status="",
+        response_flags="-",
+        connection_security_policy="mutual_tls",
+    )
+    assert wait_count(mesh.sidecar, "istio_requests_total", inbound, 1) >= 1
+
+
 def test_gateway_answers_404_without_a_route_and_426_to_http10(mesh: Mesh):
     assert gateway_get(mesh, "/nope")[0] == 404
     assert gateway_get(mesh, "/id", "1.0")[0] == 426
