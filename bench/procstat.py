@@ -35,6 +35,17 @@ def peak_rss_mb(pid: int) -> float:
     return _status_kb(pid, "VmHWM") * 1024 / 1e6
 
 
+def private_mb(pid: int) -> float:
+    """Memory only this process holds (Private_Clean + Private_Dirty of /proc/<pid>/smaps_rollup), in
+    MB: its heap, stacks and written pages, without the pages of the executable and libraries it shares
+    with every other process running the same files (which VmRSS counts in full for each)."""
+    kb = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            kb += int(line.split()[1])
+    return kb * 1024 / 1e6
+
+
 def machine() -> str:
     """One line about the machine: CPU model, core count, memory, kernel."""
     model = "unknown CPU"

@@ -37,13 +37,13 @@ load-ui: $(READY) ## Locust's web UI on http://127.0.0.1:$LOCUST_WEB_PORT (Ctrl-
 
 bench: bench-proxy bench-chain bench-startup ## all three benchmarks (a few minutes); figures in bench/RESULTS.md
 
-bench-proxy: $(READY) ## proxy overhead: req/s, p50/p99, CPU and memory per proxy vs a direct call
+bench-proxy: $(READY) ## proxy overhead, local proxies and Envoy side by side: req/s, p99, CPU, memory; verdicts vs Envoy
 	$(BIN)/python -m bench.proxy_overhead $(BENCH_PROXY_ARGS)
 
 bench-chain: $(READY) ## recipe creations/s and p50/p99 through the whole chain, per egress option
 	$(BIN)/python -m bench.chain $(BENCH_CHAIN_ARGS)
 
-bench-startup: $(READY) ## make demo wall time and localmesh apply propagation time
+bench-startup: $(READY) ## make demo wall time, each data plane's start, localmesh apply propagation time
 	$(BIN)/python -m bench.startup $(BENCH_STARTUP_ARGS)
 
 bench-soak: $(READY) ## kill -9 of each component under Locust load: recipes created/lost/duplicated, proxy RSS

@@ -6,6 +6,7 @@ RESULTS.md writer and the py-spy output reader. No figure is judged: only that e
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import loadgen, procstat, profile, results
+from bench import loadgen, procstat, profile, proxy_overhead, results, startup
 from bench.loadgen import Request
-from bench.parts import proxy_rig
+from bench.parts import DATAPLANES, proxy_rig
+from localmesh.envoy.binary import EnvoyUnavailable, envoy_binary
 from localmesh.stack.procs import free_port, running
 from localmesh.stack.topology import EXTERNAL_HOST, IDGEN_SERVICE
 
@@ -54,12 +56,16 @@ def test_wrk_run_reports_figures_and_statuses(fast_upstream: str) -> None:
     assert result.non2xx == 0 and result.socket_errors == 0
 
 
-def test_proxy_rig_routes_every_path_to_the_fast_upstream(tmp_path: Path) -> None:
-    with proxy_rig(tmp_path) as rig:
+@pytest.mark.parametrize("dataplane", DATAPLANES)
+def test_proxy_rig_routes_every_path_to_the_fast_upstream(tmp_path: Path, dataplane: str) -> None:
+    if dataplane == "envoy":
+        envoy_or_skip()
+    with proxy_rig(tmp_path, dataplanes=(dataplane,)) as rig:
+        plane = rig.planes[dataplane]
         cases = [
-            (f"{rig.outbound}/uuid", EXTERNAL_HOST, b"envoy"),
-            (f"{rig.inbound}/id", IDGEN_SERVICE, b"istio-envoy"),
-            (f"{rig.gateway}/id", None, b"istio-envoy"),
+            (f"{plane.outbound}/uuid", EXTERNAL_HOST, b"envoy"),
+            (f"{plane.inbound}/id", IDGEN_SERVICE, b"istio-envoy"),
+            (f"{plane.gateway}/id", None, b"istio-envoy"),
         ]
         for url, host, server in cases:
             request = urllib.request.Request(url, headers={"Host": host} if host else {})
@@ -68,10 +74,57 @@ def test_proxy_rig_routes_every_path_to_the_fast_upstream(tmp_path: Path) -> Non
                 assert b'"uuid"' in resp.read(), url
                 assert resp.headers["server"].encode() == server, url
         # Every proxy is one process whose CPU and memory /proc reports.
-        for child in (rig.sidecar, rig.gateway_child):
+        for child in (plane.sidecar, plane.gateway_child):
             assert procstat.cpu_seconds(child.pid) > 0
-            assert procstat.rss_mb(child.pid) > 1
+            assert 0 < procstat.private_mb(child.pid) < procstat.rss_mb(child.pid)
             assert procstat.peak_rss_mb(child.pid) >= procstat.rss_mb(child.pid)
+
+
+def envoy_or_skip() -> None:
+    try:
+        envoy_binary()
+    except EnvoyUnavailable as err:
+        pytest.skip(f"no Envoy here: {err}")
+
+
+def test_proxy_bench_puts_envoy_rows_beside_the_local_proxies(capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole proxy benchmark at a tiny size (a few hundred requests per path, the Python client):
+    every table has its Envoy rows, with numbers; which data plane wins is not judged here."""
+    envoy_or_skip()
+    tiny = ["--seconds", "0.3", "--rounds", "1", "--connections", "2", "--paced-connections", "2"]
+    code = proxy_overhead.main([*tiny, "--rate", "200", "--python-client", "--no-record"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines()]
+    envoy_rows = [row for row in rows if any(cell.startswith("Envoy 1.") for cell in row)]
+    number = re.compile(r"^[+-]?[\d,]+(\.\d+)?x?( MB)?$")
+
+    def numbers(row: list[str]) -> list[str]:
+        return [cell for cell in row if number.match(cell)]
+
+    # Per hop: the hop table (3 rows), the per-proxy CPU table (4: the gateway hop has two proxies),
+    # memory (sidecar and gateway).
+    hops = [row for row in envoy_rows if row[0].split(":")[0] in proxy_overhead.HOPS and len(row) == 9]
+    assert [row[0].split(":")[0] for row in hops] == list(proxy_overhead.HOPS)
+    assert all(len(numbers(row)) == 7 for row in hops), hops
+    cpu = [row for row in envoy_rows if row[2].startswith("Envoy 1.")]
+    assert [(row[0], row[1]) for row in cpu] == [
+        ("outbound", "sidecar"),
+        ("inbound", "sidecar"),
+        ("gateway", "gateway"),
+        ("gateway", "sidecar"),
+    ]
+    assert all(len(numbers(row)) == 3 for row in cpu), cpu
+    memory = [row for row in envoy_rows if len(row) == 6 and row[1].startswith("Envoy 1.")]
+    assert [row[0] for row in memory] == ["sidecar", "gateway"]
+    for row in memory:
+        assert len(numbers(row)) == 4, row
+        assert float(row[-1].replace(",", "")) > 0, f"Envoy counted no istio_requests_total: {row}"
+    # Nine verdicts, each local against Envoy with its ratio, and the probe's claim answered.
+    verdicts = [row for row in rows if row[-1] in ("PASS", "FAIL")]
+    assert len(verdicts) == 9, verdicts
+    assert all(number.match(row[-2]) and row[-2].endswith("x") for row in verdicts), verdicts
+    assert re.search(r"\*\*(confirmed|partly confirmed|refuted[^*]*)\*\* by this run", out)
 
 
 def test_process_tree_cpu_includes_children() -> None:
@@ -107,3 +160,13 @@ def test_top_frames_counts_self_time_of_leaf_frames() -> None:
         (75.0, "write (localmesh/upstream.py:108)"),
         (25.0, "run (lib/python3.11/asyncio/runners.py:118)"),
     ]
+
+
+def test_startup_bench_starts_each_data_plane_to_a_first_answer(tmp_path: Path) -> None:
+    """bench/startup.py's side-by-side start, once per data plane: each comes up from the same
+    manifests and answers through gateway -> sidecar -> app (wait_for raises otherwise)."""
+    envoy_or_skip()
+    took = startup.time_dataplane_starts(tmp_path, 1)
+    assert set(took) == set(DATAPLANES)
+    assert all(len(seconds) == 1 and seconds[0] > 0 for seconds in took.values()), took
+    assert startup.starts_table(took)[-3].startswith("| local Python proxies |")
