@@ -237,7 +237,66 @@ def test_the_sidecar_answers_a_mesh_caller_with_its_own_metadata(mesh, sidecar):
 # --- exact metric series -----------------------------------------------------------------------------
 
 
-def test_exact_series_for_a_passthrough_request(mesh, sidecar):
+# The one istio_requests_total line idgen's sidecar writes for a GET of http://httpbin.org/uuid, to
+# the letter; the placeholders are what the egress option changes.
+EXACT_SERIES = (
+    "istio_requests_total{"
+    'reporter="source",'
+    'source_workload="idgen",'
+    'source_canonical_service="idgen",'
+    'source_canonical_revision="v1",'
+    'source_workload_namespace="recipes",'
+    'source_principal="unknown",'
+    'source_app="idgen",'
+    'source_version="v1",'
+    'source_cluster="Kubernetes",'
+    'destination_workload="%(workload)s",'
+    'destination_workload_namespace="%(namespace)s",'
+    'destination_principal="unknown",'
+    'destination_app="unknown",'
+    'destination_version="unknown",'
+    'destination_service="httpbin.org",'
+    'destination_canonical_service="%(workload)s",'
+    'destination_canonical_revision="latest",'
+    'destination_service_name="%(service_name)s",'
+    'destination_service_namespace="%(namespace)s",'
+    'destination_cluster="%(cluster)s",'
+    'request_protocol="http",'
+    'response_code="200",'
+    'grpc_response_status="",'
+    'response_flags="-",'
+    'connection_security_policy="unknown"'
+    "} 1"
+)
+
+
+@pytest.mark.parametrize(
+    ("overlay", "destination"),
+    [
+        (
+            "passthrough",
+            {
+                "workload": "unknown",
+                "namespace": "unknown",
+                "service_name": "PassthroughCluster",
+                "cluster": "unknown",
+            },
+        ),
+        # Istio 1.30+: the DNS ServiceEntry httpbin-ext (no endpoints) gets an endpoint named after it,
+        # and httpbin.org sends no peer metadata, so the client sidecar's labels come from that endpoint.
+        (
+            "serviceentry",
+            {
+                "workload": "httpbin-ext",
+                "namespace": "recipes",
+                "service_name": "httpbin.org",
+                "cluster": "Kubernetes",
+            },
+        ),
+    ],
+)
+def test_exact_series_for_an_egress_request(mesh, sidecar, overlay: str, destination: dict[str, str]):
+    assert push(mesh, overlay)[0] == 200
     status, headers, body = outbound_get(mesh, "http://httpbin.org/uuid")
     assert status == 200 and b"uuid" in body
     assert headers["server"] == "envoy"
@@ -246,77 +305,7 @@ def test_exact_series_for_a_passthrough_request(mesh, sidecar):
         for line in mesh.metrics(mesh.sidecar_admin).splitlines()
         if line.startswith("istio_requests_total{")
     ]
-    assert lines == [
-        "istio_requests_total{"
-        'reporter="source",'
-        'source_workload="idgen",'
-        'source_canonical_service="idgen",'
-        'source_canonical_revision="v1",'
-        'source_workload_namespace="recipes",'
-        'source_principal="unknown",'
-        'source_app="idgen",'
-        'source_version="v1",'
-        'source_cluster="Kubernetes",'
-        'destination_workload="unknown",'
-        'destination_workload_namespace="unknown",'
-        'destination_principal="unknown",'
-        'destination_app="unknown",'
-        'destination_version="unknown",'
-        'destination_service="httpbin.org",'
-        'destination_canonical_service="unknown",'
-        'destination_canonical_revision="latest",'
-        'destination_service_name="PassthroughCluster",'
-        'destination_service_namespace="unknown",'
-        'destination_cluster="unknown",'
-        'request_protocol="http",'
-        'response_code="200",'
-        'grpc_response_status="",'
-        'response_flags="-",'
-        'connection_security_policy="unknown"'
-        "} 1"
-    ]
-
-
-def test_exact_series_for_a_serviceentry_request_name_the_entry_as_destination_workload(mesh, sidecar):
-    # Istio 1.30+: the DNS ServiceEntry httpbin-ext (no endpoints) gets an endpoint named after it, and
-    # httpbin.org sends no peer metadata, so the client sidecar's labels come from that endpoint.
-    assert push(mesh, "serviceentry")[0] == 200
-    status, _, body = outbound_get(mesh, "http://httpbin.org/uuid")
-    assert status == 200 and b"uuid" in body
-    lines = [
-        line
-        for line in mesh.metrics(mesh.sidecar_admin).splitlines()
-        if line.startswith("istio_requests_total{")
-    ]
-    assert lines == [
-        "istio_requests_total{"
-        'reporter="source",'
-        'source_workload="idgen",'
-        'source_canonical_service="idgen",'
-        'source_canonical_revision="v1",'
-        'source_workload_namespace="recipes",'
-        'source_principal="unknown",'
-        'source_app="idgen",'
-        'source_version="v1",'
-        'source_cluster="Kubernetes",'
-        'destination_workload="httpbin-ext",'
-        'destination_workload_namespace="recipes",'
-        'destination_principal="unknown",'
-        'destination_app="unknown",'
-        'destination_version="unknown",'
-        'destination_service="httpbin.org",'
-        'destination_canonical_service="httpbin-ext",'
-        'destination_canonical_revision="latest",'
-        'destination_service_name="httpbin.org",'
-        'destination_service_namespace="recipes",'
-        'destination_cluster="Kubernetes",'
-        'request_protocol="http",'
-        'response_code="200",'
-        'grpc_response_status="",'
-        'response_flags="-",'
-        'connection_security_policy="unknown"'
-        "} 1"
-    ]
+    assert lines == [EXACT_SERIES % destination]
 
 
 # --- route push ------------------------------------------------------------------------------------------
