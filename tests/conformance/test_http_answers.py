@@ -63,11 +63,6 @@ XFAIL = (
         "x-envoy-decorator-operation (Envoy's: idgen.recipes.svc.cluster.local:80/id)",
     ),
     (
-        "ingress/*/http[/]1.0*",
-        "Python proxy, part 4 item 3: the gateway must answer HTTP/1.0 with 426 Upgrade Required (Istio "
-        "accepts 1.0 only with PILOT_HTTP10); the Python gateway answers 400 without Host, forwards with one",
-    ),
-    (
         "connect/*/port 443",
         "Envoy config (localmesh/pilot/xds.py): a blackholed CONNECT tunnel stays open until the client "
         "writes (then closes about 1 s later); Istio's tcp_proxy to BlackHoleCluster closes the "

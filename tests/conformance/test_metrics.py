@@ -110,10 +110,6 @@ XFAIL: tuple[tuple[str, str], ...] = (
         "metrics/egress/passthrough/host with port",
         "Python proxy, part 4 item 9: passthrough destination_service is the raw Host, port included",
     ),
-    (
-        "metrics/ingress/*",
-        'Python proxy, part 4 item 4: the gateway\'s own series have source_version="", not "unknown"',
-    ),
 )
 
 
