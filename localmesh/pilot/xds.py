@@ -735,10 +735,10 @@ def _catch_all_routes(table: RouteTable) -> list[Resource]:
             Service("unknown", BLACKHOLE, "unknown"), unknown, host_is_service=False
         )
         tunnel = _cluster_route(BLOCK_ALL_VHOST, BLACKHOLE_TUNNEL, tcp_meta, connect=True)
-        # The PROXY protocol header is written into the tunnel together with the CONNECT's 200
-        # (envoyproxy/envoy source/common/router/upstream_codec... TcpUpstream::encodeHeaders): the
-        # first bytes the internal listener's tcp_proxy gets, so it connects to BlackHoleCluster, and
-        # fails and closes, right after the 200, before the client writes.
+        # The PROXY protocol header is written into the tunnel as the CONNECT's 200 is sent (envoyproxy/
+        # envoy source/extensions/upstreams/http/tcp/upstream_request.cc TcpUpstream::encodeHeaders):
+        # the first bytes the internal listener's tcp_proxy gets, so it connects to BlackHoleCluster,
+        # fails (UH) and closes right after the 200, before the client writes.
         tunnel["route"]["upgrade_configs"][0]["connect_config"]["proxy_protocol_config"] = {"version": "V2"}
         return [
             tunnel,
