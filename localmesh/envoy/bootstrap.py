@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from localmesh.envoy.binary import envoy_binary
+from localmesh.mesh.names import ISTIO_VERSION
 from localmesh.pilot.identity import node_id, workload_metadata
 from localmesh.pilot.routes import RouteTable
 from localmesh.pilot.xds import GATEWAY, SIDECAR
 
-ISTIO_VERSION = "1.31.0"
 _T = "type.googleapis.com/envoy.extensions."
 _DOWNSTREAM_CONNECTIONS = _T + "resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 _INTERNAL_LISTENER = _T + "bootstrap.internal_listener.v3.InternalListener"
