@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from localmesh.envoy.binary import envoy_binary
+from localmesh.mesh.names import ISTIO_VERSION
 from localmesh.pilot.identity import node_id, workload_metadata
 from localmesh.pilot.routes import RouteTable
 from localmesh.pilot.xds import GATEWAY, SIDECAR
 
-ISTIO_VERSION = "1.31.0"
 _T = "type.googleapis.com/envoy.extensions."
 _DOWNSTREAM_CONNECTIONS = _T + "resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 _INTERNAL_LISTENER = _T + "bootstrap.internal_listener.v3.InternalListener"
@@ -124,4 +124,7 @@ def command(
         # demo switches options in seconds).
         "--drain-time-s",
         "1",
+        # Never hot-restarted (a push reloads xDS files; a restart is a new process): without this
+        # every stop leaves its /dev/shm/envoy_shared_memory_<base_id*10> behind (checked on 1.40).
+        "--disable-hot-restart",
     ]

@@ -31,6 +31,7 @@ from localmesh.pilot.routes import (
     RouteTable,
     ServiceEntryRoute,
     cluster_name,
+    trace_operation,
 )
 
 Resource = dict[str, Any]
@@ -311,13 +312,19 @@ def _inbound_cluster(table: RouteTable, app: tuple[str, int]) -> Resource:
 # Metric labels: the route carries the destination's, the listener the proxy's own
 
 
-def _destination_metadata(service: Service, workload: Workload | None, host_is_service: bool) -> Resource:
-    """Route metadata with the destination labels this route decides (LABELS_NS). `workload` None:
-    the peer tells (the gateway reads the sidecar's answer); host_is_service: destination_service is
-    the request's Host (passthrough and blackhole)."""
+def _destination_metadata(
+    service: Service, workload: Workload | None, host_is_service: bool, source_principal: str = "unknown"
+) -> Resource:
+    """Route metadata with the labels this route decides (LABELS_NS). `workload` None: the peer tells
+    (the gateway reads the sidecar's answer); host_is_service: destination_service is the request's
+    Host (passthrough and blackhole); source_principal: the proxy's own SPIFFE ID on a route whose
+    upstream connection is (stand-in) mutual TLS, else "unknown": istio_stats takes it from the
+    upstream TLS connection's local certificate (envoyproxy/envoy
+    contrib/istio/filters/http/istio_stats/source/istio_stats.cc, Reporter::ClientSidecar)."""
     labels: dict[str, str] = {
         "destination_service_name": service.name,
         "destination_service_namespace": service.namespace,
+        "source_principal": source_principal,
     }
     if not host_is_service:
         labels["destination_service"] = service.host
@@ -377,9 +384,10 @@ def _label_formats(table: RouteTable, role: str, direction: str, tcp: bool) -> d
             labels[key] = (
                 _peer_label(UPSTREAM_PEER_NS, suffix) if direction == "gateway" else _route_label(key)
             )
-        # A request no route took (the gateway's 404 NR) names an "unknown" service; passthrough and
-        # blackhole routes name none: there the Host header is destination_service.
-        for key in ("destination_service_name", "destination_service_namespace"):
+        # A request no route took (the gateway's 404 NR) names an "unknown" service and has no upstream
+        # TLS connection; passthrough and blackhole routes name none: there the Host header is
+        # destination_service.
+        for key in ("destination_service_name", "destination_service_namespace", "source_principal"):
             labels[key] = _routed(f"{_ROUTE_LABELS}['{key}']", "'unknown'")
         labels["destination_service"] = (
             _route_label("destination_service")
@@ -427,9 +435,17 @@ def _http_stats_logger(formats: Mapping[str, str], log_filter: Resource | None =
     return logger
 
 
-def _tcp_stats_logger(formats: Mapping[str, str], log_filter: Resource | None = None) -> Resource:
-    """The four istio_tcp_* counters of one connection (or CONNECT tunnel), at its end."""
+def _tcp_stats_logger(
+    formats: Mapping[str, str], log_filter: Resource | None = None, nothing_moved: bool = False
+) -> Resource:
+    """The four istio_tcp_* counters of one connection (or CONNECT tunnel), at its end. nothing_moved:
+    a blackholed connection, which Istio's tcp_proxy closes on accept, before it reads or writes a
+    byte (the PROXY protocol header of the stand-in tunnel is not the client's)."""
     tags = _tags(formats, TCP_LABELS)
+
+    def moved(value: str) -> Resource:
+        return {"value_format": "%CEL(0)%" if nothing_moved else value}
+
     logger = _filter(
         "envoy.access_loggers.stats",
         "envoy.extensions.access_loggers.stats.v3.Config",
@@ -437,13 +453,38 @@ def _tcp_stats_logger(formats: Mapping[str, str], log_filter: Resource | None = 
         counters=[
             {"stat": {"name": "tcp_connections_opened_total", "tags": tags}, "value_fixed": 1},
             {"stat": {"name": "tcp_connections_closed_total", "tags": tags}, "value_fixed": 1},
-            {"stat": {"name": "tcp_sent_bytes_total", "tags": tags}, "value_format": "%BYTES_SENT%"},
-            {"stat": {"name": "tcp_received_bytes_total", "tags": tags}, "value_format": "%BYTES_RECEIVED%"},
+            {"stat": {"name": "tcp_sent_bytes_total", "tags": tags}, **moved("%BYTES_SENT%")},
+            {"stat": {"name": "tcp_received_bytes_total", "tags": tags}, **moved("%BYTES_RECEIVED%")},
         ],
     )
     if log_filter:
         logger["filter"] = log_filter
     return logger
+
+
+def _build_logger() -> Resource:
+    """istio_build{component="proxy",tag=<the node's ISTIO_VERSION>} 1, as istio_stats sets it from the
+    node metadata (envoyproxy/envoy contrib/istio/filters/http/istio_stats/source/istio_stats.cc,
+    Context::istio_build_). A stats logger writes stats on a log event only, so the gauge is set by
+    each request and appears with the proxy's first one (istio_stats sets it at startup)."""
+    return _filter(
+        "envoy.access_loggers.stats",
+        "envoy.extensions.access_loggers.stats.v3.Config",
+        stats_scope={"prefix": "istio"},
+        gauges=[
+            {
+                "stat": {
+                    "name": "build",
+                    "tags": [
+                        {"name": "component", "value_format": "proxy"},
+                        {"name": "tag", "value_format": "%CEL(xds.node.metadata.ISTIO_VERSION)%"},
+                    ],
+                },
+                "value_fixed": 1,
+                "set": {"log_type": "DownstreamEnd"},
+            }
+        ],
+    )
 
 
 # Istio's default text access log format (pilot/pkg/model/telemetry_logging.go EnvoyTextLogFormat).
@@ -516,15 +557,20 @@ def _cluster_route(
     headers: Iterable[Resource] = (),
     connect: bool = False,
     retry: bool = True,
+    operation: str = "",
 ) -> Resource:
     """A route to a cluster (no timeout, as pilot's); HTTP ones retry as pilot's default routes, except
-    allow_any, which pilot builds without a retry policy (httproute.go buildCatchAllVirtualHost)."""
+    allow_any, which pilot builds without a retry policy (httproute.go buildCatchAllVirtualHost).
+    operation: the tracing decorator of a registered host's default route (route/route.go
+    buildDefaultHTTPRoute); allow_any and block_all have none."""
     route: Resource = {
         "name": name,
         "match": {"connect_matcher": {}} if connect else {"prefix": "/"},
         "route": {"cluster": cluster, "timeout": "0s"},
         "metadata": {"filter_metadata": metadata},
     }
+    if operation:
+        route["decorator"] = {"operation": operation}
     if connect:
         route["route"]["upgrade_configs"] = [{"upgrade_type": "CONNECT", "connect_config": {}}]
     elif retry:
@@ -536,6 +582,24 @@ def _cluster_route(
         # Only the route says where PassthroughCluster connects: a client's own header is dropped
         # (Envoy removes before it adds).
         route["request_headers_to_remove"] = [ORIGINAL_DST_HEADER]
+    return route
+
+
+def _exchange_metadata(route: Resource, workload: Workload, extra: Iterable[str] = ()) -> Resource:
+    """Istio's outbound metadata exchange on an HTTP route: the proxy's own
+    x-envoy-peer-metadata(-id) go upstream in place of any the app sent, and the upstream's are
+    removed from the answer. Istio 1.31 sends them to every HTTP upstream, external ones included,
+    unless ProxyConfig proxyHeaders.metadataExchangeHeaders.mode is IN_MESH (istio/api
+    mesh/v1alpha1/proxy.proto; istio/istio pilot/pkg/networking/core/listener_builder.go appendMxFilter,
+    pilot/pkg/xds/filters/filters.go SidecarOutboundMetadataFilter; the filter's setReference in
+    envoyproxy/envoy contrib/istio/filters/http/peer_metadata/source/peer_metadata.cc). `extra`:
+    more headers removed both ways."""
+    route["request_headers_to_remove"] = [*route.get("request_headers_to_remove", ()), *MX_HEADERS, *extra]
+    route["request_headers_to_add"] = [
+        *route.get("request_headers_to_add", ()),
+        *_mx_headers(workload, SIDECAR),
+    ]
+    route["response_headers_to_remove"] = [*MX_HEADERS, *extra]
     return route
 
 
@@ -572,16 +636,13 @@ def _unique_domains(vhosts: list[Resource]) -> list[Resource]:
 def _mesh_vhost(table: RouteTable, svc: MeshServiceRoute) -> Resource:
     name = cluster_name(svc.host, svc.port)
     service = Service(svc.host, svc.name, svc.namespace)
-    meta = _destination_metadata(service, Workload(), host_is_service=False)
-    route = _cluster_route(DEFAULT_ROUTE, name, meta)
+    # A mesh Service's upstream connection is (stand-in) mutual TLS.
+    meta = _destination_metadata(service, Workload(), False, source_principal=table.proxy.principal)
+    route = _cluster_route(DEFAULT_ROUTE, name, meta, operation=trace_operation(svc.host, svc.port))
     # A mesh peer learns who calls (as from the gateway); its own identity headers stop here, so the
     # app never sees them.
-    route["request_headers_to_remove"] = [*MX_HEADERS, *PEER_HEADERS]
-    route["request_headers_to_add"] = [
-        *_mx_headers(table.proxy, SIDECAR),
-        *_peer_identity_headers(table.proxy),
-    ]
-    route["response_headers_to_remove"] = [*MX_HEADERS, *PEER_HEADERS]
+    _exchange_metadata(route, table.proxy, PEER_HEADERS)
+    route["request_headers_to_add"].extend(_peer_identity_headers(table.proxy))
     return {
         "name": f"{svc.host}:{svc.port}",
         "domains": _vhost_domains((svc.host, *svc.aliases), svc.port),
@@ -613,7 +674,10 @@ def _service_entry_vhost(table: RouteTable, entry: ServiceEntryRoute) -> Resourc
     meta = _destination_metadata(service, _service_entry_workload(entry), host_is_service=False)
     routes = [_cluster_route("connect", name, meta, connect=True)]
     if entry.protocol in _HTTP_PROTOCOLS:
-        routes.append(_cluster_route(DEFAULT_ROUTE, name, meta))
+        operation = trace_operation(entry.host, entry.port)
+        routes.append(
+            _exchange_metadata(_cluster_route(DEFAULT_ROUTE, name, meta, operation=operation), table.proxy)
+        )
     else:
         routes.extend(r for r in _catch_all_routes(table) if "connect_matcher" not in r["match"])
     return {
@@ -646,8 +710,14 @@ def _catch_all_routes(table: RouteTable) -> list[Resource]:
         tcp_meta = _destination_metadata(
             Service("unknown", BLACKHOLE, "unknown"), unknown, host_is_service=False
         )
+        tunnel = _cluster_route(BLOCK_ALL_VHOST, BLACKHOLE_TUNNEL, tcp_meta, connect=True)
+        # The PROXY protocol header is written into the tunnel as the CONNECT's 200 is sent (envoyproxy/
+        # envoy source/extensions/upstreams/http/tcp/upstream_request.cc TcpUpstream::encodeHeaders):
+        # the first bytes the internal listener's tcp_proxy gets, so it connects to BlackHoleCluster,
+        # fails (UH) and closes right after the 200, before the client writes.
+        tunnel["route"]["upgrade_configs"][0]["connect_config"]["proxy_protocol_config"] = {"version": "V2"}
         return [
-            _cluster_route(BLOCK_ALL_VHOST, BLACKHOLE_TUNNEL, tcp_meta, connect=True),
+            tunnel,
             {
                 "name": BLOCK_ALL_VHOST,
                 "match": {"prefix": "/"},
@@ -670,10 +740,12 @@ def _catch_all_routes(table: RouteTable) -> list[Resource]:
         for authority in (host, key) if host_port == "80" else (key,):
             route = _cluster_route(ALLOW_ANY_VHOST, PASSTHROUGH, http_meta, headers=target, retry=False)
             route["match"]["headers"] = [_authority(authority)]
-            routes.append(route)
+            routes.append(_exchange_metadata(route, table.proxy))
     # Any other host: offline there is no DNS, so no upstream address: 503 UH, as a failed lookup.
     routes.append(_cluster_route(ALLOW_ANY_VHOST, PASSTHROUGH, tcp_meta, connect=True))
-    routes.append(_cluster_route(ALLOW_ANY_VHOST, PASSTHROUGH, http_meta, retry=False))
+    routes.append(
+        _exchange_metadata(_cluster_route(ALLOW_ANY_VHOST, PASSTHROUGH, http_meta, retry=False), table.proxy)
+    )
     return routes
 
 
@@ -732,11 +804,10 @@ def _blackhole_tunnel_listener(table: RouteTable) -> Resource:
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
         stat_prefix=BLACKHOLE,
         cluster=BLACKHOLE,
-        # Connect (and fail) only when the client has sent its first bytes, so the CONNECT is answered
-        # 200 first and the client sees its TLS handshake cut, as on a cluster.
+        # Connect (and fail) on the first bytes: the PROXY protocol header the CONNECT route writes.
         upstream_connect_mode="ON_DOWNSTREAM_DATA",
         max_early_data_bytes=16384,
-        access_log=[_stdout_logger(), _tcp_stats_logger(formats)],
+        access_log=[_stdout_logger(), _tcp_stats_logger(formats, nothing_moved=True)],
     )
     return _typed(
         "envoy.config.listener.v3.Listener",
@@ -762,7 +833,18 @@ def _hcm(
             *http_filters,
             _filter("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router"),
         ],
-        "access_log": access_log,
+        "access_log": [*access_log, _build_logger()],
+        # Tracing is on in Istio by default (meshConfig.enableTracing: istio/istio
+        # pkg/config/mesh/mesh.go; pilot/pkg/networking/core/tracing.go configureSampling): with no
+        # provider Envoy traces to nothing, but it handles x-envoy-decorator-operation as Istio's
+        # proxies do (envoyproxy/envoy source/common/http/conn_manager_impl.cc): an OUTBOUND
+        # listener (egress) sends the route's decorator operation upstream and drops the header from
+        # the answer; an INBOUND one (ingress) drops it from the request and answers with its own.
+        "tracing": {
+            "client_sampling": {"value": 100.0},
+            "random_sampling": {"value": 1.0},
+            "overall_sampling": {"value": 100.0},
+        },
         **extra,
     }
     if server_name:
@@ -771,7 +853,8 @@ def _hcm(
 
 
 def _listener(name: str, addr: tuple[str, int], hcm: Resource, direction: str) -> Resource:
-    """direction: INBOUND or OUTBOUND, as pilot marks its listeners (the gateway's is OUTBOUND)."""
+    """direction: INBOUND or OUTBOUND, as pilot marks its listeners: a gateway's is OUTBOUND
+    (pilot/pkg/networking/core/listener.go buildGatewayListener), so Envoy traces it as egress."""
     return _typed(
         "envoy.config.listener.v3.Listener",
         name=name,
@@ -796,6 +879,10 @@ def _outbound_listener(table: RouteTable, addr: tuple[str, int]) -> Resource:
         http_protocol_options={"allow_absolute_url": True},
         upgrade_configs=[{"upgrade_type": "CONNECT"}],
         use_remote_address=False,
+        # A connection Envoy ends is closed once written, not after waiting up to 1 s for the client to
+        # close first (Envoy's default delayed close): a blackholed CONNECT tunnel stands for a TLS
+        # connection Istio's tcp_proxy closes at once, with no connection manager in front.
+        delayed_close_timeout="0s",
     )
     return _listener(f"{addr[0]}_{addr[1]}", addr, hcm, "OUTBOUND")
 
@@ -903,7 +990,9 @@ def _inbound_listener(table: RouteTable, addr: tuple[str, int]) -> Resource:
                 "type": "STRING",
                 "regex_value_rewrite": {
                     "pattern": {"regex": "^(.*)$"},
-                    "substitution": f"By={table.proxy.principal};URI=\\1",
+                    # Istio sets subject, URI and DNS (proxy_headers.go); a workload certificate's
+                    # subject is empty, hence Subject="" (there is no certificate to hash here).
+                    "substitution": f'By={table.proxy.principal};Subject="";URI=\\1',
                 },
             },
         },
@@ -962,14 +1051,16 @@ def _ingress_route(table: RouteTable, route: IngressRoute) -> Resource:
         "route": {"cluster": route.cluster, "timeout": "0s", "retry_policy": _retry(DEFAULT_RETRY_ON)},
         # route/route.go GetRouteOperation: <host>:<port><path> of the destination cluster.
         "decorator": {"operation": operation},
-        "metadata": {"filter_metadata": _destination_metadata(route.service, None, host_is_service=False)},
+        # The gateway's upstream connection to a mesh Service is (stand-in) mutual TLS.
+        "metadata": {
+            "filter_metadata": _destination_metadata(
+                route.service, None, False, source_principal=gw.principal
+            )
+        },
         # A client's own peer headers are dropped first (Envoy removes before it adds).
         "request_headers_to_remove": [*MX_HEADERS, *PEER_HEADERS],
         "request_headers_to_add": [*_mx_headers(gw, "router"), *_peer_identity_headers(gw)],
         "response_headers_to_remove": list(MX_HEADERS),
-        # Istio's gateway answers with its route's operation (Envoy's tracing decorator; Envoy sets
-        # it only with a tracer, which this mesh has not, so the route adds it).
-        "response_headers_to_add": [_header("x-envoy-decorator-operation", operation)],
     }
 
 

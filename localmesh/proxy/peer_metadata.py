@@ -11,8 +11,9 @@ application never sees them. Source: istio/proxy `source/extensions/filters/http
 serializes deterministically and base64-encodes) and `extensions/common/metadata_object.{h,cc}`
 (`convertWorkloadMetadataToStruct` / `convertStructToWorkloadMetadata`: the field and label names).
 
-The Struct is encoded by hand (no protobuf dependency): only string values and one nested struct
-(LABELS) are needed, and deterministic serialization sorts map keys, so the bytes match Envoy's.
+This proxy's own values come from localmesh/pilot/identity.py (shared with the Envoy data plane);
+this module decodes a peer's: the Struct is parsed by hand (no protobuf dependency), string and
+nested struct values only, as Istio sends.
 
 mTLS stand-in: in Istio the peer's *principal* (SPIFFE ID) comes from the mTLS certificate, not
 from the metadata. The local mesh has no TLS, so a mesh proxy also sends its principal in
@@ -28,63 +29,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from localmesh.mesh.names import UNKNOWN, Workload
+from localmesh.pilot import identity
+from localmesh.pilot.identity import StructValue
 
 HEADER_ID = b"x-envoy-peer-metadata-id"
 HEADER_METADATA = b"x-envoy-peer-metadata"
 HEADER_PRINCIPAL = b"x-localmesh-peer-principal"
 HEADERS = frozenset((HEADER_ID, HEADER_METADATA, HEADER_PRINCIPAL))
-
-# Field and label names from istio/proxy extensions/common/metadata_object.h.
-_NAME = "NAME"
-_NAMESPACE = "NAMESPACE"
-_WORKLOAD = "WORKLOAD_NAME"
-_CLUSTER = "CLUSTER_ID"
-_LABELS = "LABELS"
-_OWNER = "OWNER"
-_LABEL_CANONICAL_NAME = "service.istio.io/canonical-name"
-_LABEL_CANONICAL_REVISION = "service.istio.io/canonical-revision"
-_LABEL_APP = "app"
-_LABEL_VERSION = "version"
-_OWNER_PREFIX = "kubernetes://apis/apps/v1/namespaces/"
-
-# A struct value is either a str or a nested struct (dict); that is all Istio puts in this header.
-StructValue = str | dict[str, "StructValue"]
-
-
-# --- protobuf wire format for google.protobuf.Struct -------------------------------------------
-# Struct { map<string, Value> fields = 1; }   map entry { string key = 1; Value value = 2; }
-# Value { oneof kind { null_value = 1; number_value = 2; string_value = 3; bool_value = 4;
-#                      struct_value = 5; list_value = 6; } }
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def encode_struct(fields: dict[str, StructValue]) -> bytes:
-    """Serialize a Struct the way protobuf's deterministic mode does (map keys sorted)."""
-    out = bytearray()
-    for key in sorted(fields):
-        value = fields[key]
-        if isinstance(value, dict):
-            encoded_value = _field(5, encode_struct(value))
-        else:
-            encoded_value = _field(3, value.encode())
-        out += _field(1, _field(1, key.encode()) + _field(2, encoded_value))
-    return bytes(out)
 
 
 class DecodeError(ValueError):
@@ -152,43 +103,6 @@ def decode_struct(data: bytes) -> dict[str, StructValue]:
 # --- workload identity <-> header pair ---------------------------------------------------------
 
 
-def _known(value: str) -> bool:
-    return bool(value) and value != "unknown"
-
-
-def node_id(workload: Workload, kind: str, ip: str = "127.0.0.1") -> str:
-    """Envoy's node ID as Istio builds it: <type>~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local."""
-    return f"{kind}~{ip}~{pod_name(workload)}.{workload.namespace}~{workload.namespace}.svc.cluster.local"
-
-
-def pod_name(workload: Workload) -> str:
-    """The stand-in pod name of a local workload (one replica, no ReplicaSet hash to imitate)."""
-    return f"{workload.name}-local"
-
-
-def workload_struct(workload: Workload) -> dict[str, StructValue]:
-    """The Struct that convertWorkloadMetadataToStruct builds; absent ("unknown") values are left out."""
-    labels: dict[str, StructValue] = {}
-    if _known(workload.canonical_service):
-        labels[_LABEL_CANONICAL_NAME] = workload.canonical_service
-    if _known(workload.canonical_revision):
-        labels[_LABEL_CANONICAL_REVISION] = workload.canonical_revision
-    if _known(workload.app):
-        labels[_LABEL_APP] = workload.app
-    if _known(workload.version):
-        labels[_LABEL_VERSION] = workload.version
-    fields: dict[str, StructValue] = {_NAME: pod_name(workload), _LABELS: labels}
-    if _known(workload.namespace):
-        fields[_NAMESPACE] = workload.namespace
-    if _known(workload.name):
-        fields[_WORKLOAD] = workload.name
-    if _known(workload.cluster):
-        fields[_CLUSTER] = workload.cluster
-    if _known(workload.namespace) and _known(workload.name):
-        fields[_OWNER] = f"{_OWNER_PREFIX}{workload.namespace}/deployments/{workload.name}"
-    return fields
-
-
 @dataclass(frozen=True)
 class Identity:
     """This proxy's side of the exchange: the header values it sends, computed once."""
@@ -200,13 +114,18 @@ class Identity:
 
     @classmethod
     def of(cls, workload: Workload, kind: str) -> Identity:
-        metadata = base64.b64encode(encode_struct(workload_struct(workload)))
-        return cls(workload, node_id(workload, kind).encode(), metadata, workload.principal.encode())
+        values = identity.peer_headers(workload, kind)
+        return cls(
+            workload,
+            values[HEADER_ID.decode()].encode(),
+            values[HEADER_METADATA.decode()].encode(),
+            workload.principal.encode(),
+        )
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The header pair (plus the mTLS stand-in when this proxy has a principal)."""
         out = [(HEADER_ID, self.id_value), (HEADER_METADATA, self.metadata_value)]
-        if _known(self.workload.principal):
+        if self.workload.principal not in ("", "unknown"):
             out.append((HEADER_PRINCIPAL, self.principal_value))
         return out
 
@@ -218,17 +137,17 @@ def workload_from_struct(fields: dict[str, StructValue], principal: str = "unkno
         value = mapping.get(key)
         return value if isinstance(value, str) and value else default
 
-    labels = fields.get(_LABELS)
+    labels = fields.get(identity.LABELS)
     labels = labels if isinstance(labels, dict) else {}
     return Workload(
-        name=text(fields, _WORKLOAD),
-        namespace=text(fields, _NAMESPACE),
-        app=text(labels, _LABEL_APP),
-        version=text(labels, _LABEL_VERSION),
-        canonical_service=text(labels, _LABEL_CANONICAL_NAME),
-        canonical_revision=text(labels, _LABEL_CANONICAL_REVISION, "latest"),
+        name=text(fields, identity.WORKLOAD_NAME),
+        namespace=text(fields, identity.NAMESPACE),
+        app=text(labels, identity.LABEL_APP),
+        version=text(labels, identity.LABEL_VERSION),
+        canonical_service=text(labels, identity.LABEL_CANONICAL_NAME),
+        canonical_revision=text(labels, identity.LABEL_CANONICAL_REVISION, "latest"),
         principal=principal or "unknown",
-        cluster=text(fields, _CLUSTER),
+        cluster=text(fields, identity.CLUSTER_ID),
     )
 
 

@@ -81,40 +81,7 @@ OPTIONS = tuple(dict.fromkeys(option for option, _ in SCENARIOS.values()))
 
 # Differences whose fix belongs to another area, reported there: (scenario pattern, reason). Strict:
 # once fixed the test passes and the mark must go.
-XFAIL: tuple[tuple[str, str], ...] = (
-    (
-        "metrics/[ec]*",  # every egress and CONNECT scenario
-        "Envoy config (localmesh/pilot/xds.py): the sidecar's reporter=source series carry its own "
-        "SPIFFE ID as source_principal; istio_stats takes it from the upstream TLS connection's local "
-        "certificate (istio/proxy istio_stats.cc, Reporter::ClientSidecar), so plaintext egress is "
-        '"unknown", as the Python sidecar reports',
-    ),
-    (
-        "metrics/ingress/*/no route",
-        "Envoy config (localmesh/pilot/xds.py): the gateway's no-route 404 carries its own SPIFFE ID as "
-        'source_principal; with no upstream TLS connection istio_stats writes "unknown"',
-    ),
-    (
-        "metrics/connect/blackhole/*",
-        "Envoy config (localmesh/pilot/xds.py): the blackholed tunnel stays open until the client "
-        "writes, so Envoy counts received bytes that Istio's tcp_proxy to BlackHoleCluster (closed at "
-        "once) never reads",
-    ),
-    (
-        "metrics/*/serviceentry/*",
-        "Python proxy, part 4 item 2: ServiceEntry series carry destination_workload=httpbin-ext, "
-        "destination_workload_namespace=recipes, destination_canonical_service=httpbin-ext, "
-        "destination_cluster=Kubernetes",
-    ),
-    (
-        "metrics/egress/passthrough/host with port",
-        "Python proxy, part 4 item 9: passthrough destination_service is the raw Host, port included",
-    ),
-    (
-        "metrics/ingress/*",
-        'Python proxy, part 4 item 4: the gateway\'s own series have source_version="", not "unknown"',
-    ),
-)
+XFAIL: tuple[tuple[str, str], ...] = ()
 
 
 def _marked(names: list[str], prefix: str = "") -> list[object]:
@@ -268,9 +235,6 @@ def _exposition(text: str) -> dict[str, str]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Python proxy, part 4 item 6: Envoy writes # TYPE lines only, no # HELP"
-)
 @pytest.mark.parametrize("proxy", (SIDECAR, GATEWAY))
 def test_exposition(dataplanes, observed, proxy: str) -> None:
     """What /stats/prometheus declares about Istio's families (after the scenarios' traffic)."""

@@ -6,6 +6,7 @@ import base64
 from dataclasses import replace
 
 from localmesh.mesh.names import INGRESS_GATEWAY, UNKNOWN, Workload
+from localmesh.pilot.identity import encode_struct, node_id, workload_metadata
 from localmesh.proxy.peer_metadata import (
     HEADER_ID,
     HEADER_METADATA,
@@ -13,9 +14,6 @@ from localmesh.proxy.peer_metadata import (
     Identity,
     PeerCache,
     decode_struct,
-    encode_struct,
-    node_id,
-    workload_struct,
 )
 
 # An x-envoy-peer-metadata value sent by a real istio-proxy (Istio 1.2x sidecar of a Deployment
@@ -93,7 +91,7 @@ def test_gateway_identity_round_trips_and_names_the_node_like_istio():
 
 def test_sidecar_identity_carries_app_version_and_canonical_labels():
     assert node_id(IDGEN, "sidecar") == "sidecar~127.0.0.1~idgen-local.recipes~recipes.svc.cluster.local"
-    assert workload_struct(IDGEN)["LABELS"] == {
+    assert workload_metadata(IDGEN)["LABELS"] == {
         "app": "idgen",
         "version": "v1",
         "service.istio.io/canonical-name": "idgen",
