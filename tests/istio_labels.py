@@ -50,3 +50,28 @@ IDGEN_DESTINATION = {
     "destination_service_namespace": "recipes",
     "destination_cluster": "Kubernetes",
 }
+# idgen's sidecar as the source of egress (reporter=source): source_principal comes from the upstream
+# TLS connection's local certificate, so plaintext egress says "unknown" (istio_stats.cc,
+# Reporter::ClientSidecar).
+IDGEN_EGRESS_SOURCE = {
+    "reporter": "source",
+    "source_workload": "idgen",
+    "source_canonical_service": "idgen",
+    "source_canonical_revision": "v1",
+    "source_workload_namespace": "recipes",
+    "source_principal": "unknown",
+    "source_app": "idgen",
+    "source_version": "v1",
+    "source_cluster": "Kubernetes",
+}
+# A destination no endpoint metadata names (PassthroughCluster, BlackHoleCluster).
+UNKNOWN_DESTINATION = {
+    "destination_workload": "unknown",
+    "destination_workload_namespace": "unknown",
+    "destination_principal": "unknown",
+    "destination_app": "unknown",
+    "destination_version": "unknown",
+    "destination_canonical_service": "unknown",
+    "destination_canonical_revision": "latest",
+    "destination_cluster": "unknown",
+}

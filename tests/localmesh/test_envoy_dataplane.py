@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from istio_labels import IDGEN_EGRESS_SOURCE, UNKNOWN_DESTINATION
 
 from localmesh.envoy.bootstrap import bootstrap, command
 from localmesh.envoy.xdsfiles import running_version, write_resources
@@ -39,29 +40,6 @@ from tests.localmesh.proxy_testlib import (
 
 IDGEN = "idgen.recipes.svc.cluster.local"
 LOCAL = "127.0.0.1"
-# idgen's sidecar as the source of egress: source_principal comes from the upstream TLS connection's
-# local certificate, so plaintext egress says "unknown" (istio_stats.cc, Reporter::ClientSidecar).
-IDGEN_SOURCE = {
-    "reporter": "source",
-    "source_workload": "idgen",
-    "source_canonical_service": "idgen",
-    "source_canonical_revision": "v1",
-    "source_workload_namespace": "recipes",
-    "source_principal": "unknown",
-    "source_app": "idgen",
-    "source_version": "v1",
-    "source_cluster": "Kubernetes",
-}
-UNKNOWN_DESTINATION = {
-    "destination_workload": "unknown",
-    "destination_workload_namespace": "unknown",
-    "destination_principal": "unknown",
-    "destination_app": "unknown",
-    "destination_version": "unknown",
-    "destination_canonical_service": "unknown",
-    "destination_canonical_revision": "latest",
-    "destination_cluster": "unknown",
-}
 GATEWAY_PRINCIPAL = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 IDGEN_PRINCIPAL = "spiffe://cluster.local/ns/recipes/sa/idgen"
 # Headers only the proxies may see: none reaches the app or httpbin, except the sidecar's own metadata
@@ -81,7 +59,7 @@ def tcp_series(**labels: str) -> dict[str, str]:
 
 def outbound_http(service: str, name: str, namespace: str, code: str, **dest: str) -> dict[str, str]:
     return http_series(
-        **IDGEN_SOURCE,
+        **IDGEN_EGRESS_SOURCE,
         **{**UNKNOWN_DESTINATION, **dest},
         destination_service=service,
         destination_service_name=name,
@@ -98,7 +76,7 @@ def outbound_tcp(
     name: str, namespace: str, flags: str, service: str = "unknown", **dest: str
 ) -> dict[str, str]:
     return tcp_series(
-        **IDGEN_SOURCE,
+        **IDGEN_EGRESS_SOURCE,
         **{**UNKNOWN_DESTINATION, **dest},
         destination_service=service,
         destination_service_name=name,
@@ -446,7 +424,7 @@ def test_a_mesh_service_through_the_sidecar_learns_its_caller(mesh: Mesh):
     assert_no_internal_headers(headers)
     assert_no_internal_headers(mesh.app.requests[-1]["headers"])
     inbound = http_series(
-        **{**IDGEN_SOURCE, "reporter": "destination", "source_principal": IDGEN_PRINCIPAL},
+        **{**IDGEN_EGRESS_SOURCE, "reporter": "destination", "source_principal": IDGEN_PRINCIPAL},
         destination_workload="idgen",
         destination_workload_namespace="recipes",
         destination_principal=IDGEN_PRINCIPAL,

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from istio_labels import GATEWAY_SOURCE, GATEWAY_SOURCE_OWN, IDGEN_DESTINATION, ISTIO_LABELS
+from istio_labels import (
+    GATEWAY_SOURCE,
+    GATEWAY_SOURCE_OWN,
+    IDGEN_DESTINATION,
+    IDGEN_EGRESS_SOURCE,
+    ISTIO_LABELS,
+    UNKNOWN_DESTINATION,
+)
 
 from localmesh.stack.driver import LocalStack, start_stack
 from localmesh.stack.procs import pid_alive, port_in_use
@@ -25,27 +32,9 @@ from localmesh.stack.topology import ROOT, VENV_BIN, Paths
 RECIPE = {"title": "Tomato soup", "author": "tests", "ingredients": ["tomatoes", "salt"], "steps": "Simmer."}
 
 
-IDGEN_SOURCE = {
-    "reporter": "source",
-    "source_workload": "idgen",
-    "source_canonical_service": "idgen",
-    "source_canonical_revision": "v1",
-    "source_workload_namespace": "recipes",
-    "source_principal": "unknown",
-    "source_app": "idgen",
-    "source_version": "v1",
-    "source_cluster": "Kubernetes",
-}
 EXTERNAL_DESTINATION = {
-    "destination_workload": "unknown",
-    "destination_workload_namespace": "unknown",
-    "destination_principal": "unknown",
-    "destination_app": "unknown",
-    "destination_version": "unknown",
+    **UNKNOWN_DESTINATION,
     "destination_service": "httpbin.org",
-    "destination_canonical_service": "unknown",
-    "destination_canonical_revision": "latest",
-    "destination_cluster": "unknown",
     "request_protocol": "http",
     "grpc_response_status": "",
     "response_flags": "-",
@@ -117,7 +106,7 @@ def test_option_end_to_end(stack: LocalStack, option: str) -> None:
     applied = stack.apply(option)
     assert "pushed to idgen" in applied and "pushed to istio-ingressgateway" in applied
     metrics_before = requests.get(f"{stack.sidecar_admin}/stats/prometheus", timeout=5).text
-    labels = {**IDGEN_SOURCE, **EXTERNAL_DESTINATION, **EGRESS_SERIES[option]}
+    labels = {**IDGEN_EGRESS_SOURCE, **EXTERNAL_DESTINATION, **EGRESS_SERIES[option]}
     before = counter(metrics_before, series_line(labels))
 
     created = requests.post(f"{stack.site}/api/recipes", json=RECIPE, timeout=15)
