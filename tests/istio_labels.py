@@ -75,3 +75,35 @@ UNKNOWN_DESTINATION = {
     "destination_canonical_revision": "latest",
     "destination_cluster": "unknown",
 }
+# What idgen's egress series to httpbin.org say of their destination under each egress option.
+EGRESS_SERIES = {
+    "passthrough": {
+        "destination_workload": "unknown",
+        "destination_workload_namespace": "unknown",
+        "destination_canonical_service": "unknown",
+        "destination_cluster": "unknown",
+        "destination_service_name": "PassthroughCluster",
+        "destination_service_namespace": "unknown",
+        "response_code": "200",
+    },
+    "blackhole": {
+        "destination_workload": "unknown",
+        "destination_workload_namespace": "unknown",
+        "destination_canonical_service": "unknown",
+        "destination_cluster": "unknown",
+        "destination_service_name": "BlackHoleCluster",
+        "destination_service_namespace": "unknown",
+        "response_code": "502",
+    },
+    # Istio 1.30+: the DNS ServiceEntry httpbin-ext (no endpoints) gets an endpoint named after it,
+    # whose metadata names the destination (docs/istio-facts.md).
+    "serviceentry": {
+        "destination_workload": "httpbin-ext",
+        "destination_workload_namespace": "recipes",
+        "destination_canonical_service": "httpbin-ext",
+        "destination_cluster": "Kubernetes",
+        "destination_service_name": "httpbin.org",
+        "destination_service_namespace": "recipes",
+        "response_code": "200",
+    },
+}

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from istio_labels import GATEWAY_SOURCE, GATEWAY_SOURCE_OWN, IDGEN_DESTINATION, ISTIO_LABELS
+from istio_labels import (
+    GATEWAY_SOURCE,
+    GATEWAY_SOURCE_OWN,
+    IDGEN_DESTINATION,
+    ISTIO_LABELS,
+    UNKNOWN_DESTINATION,
+)
 
 # Label order of istio_requests_total as the proxy writes it (docs/istio-facts.md, "Istio's standard
 # metrics").
@@ -36,16 +42,7 @@ UNKNOWN_SRC = {
     "source_version": "unknown",
     "source_cluster": "unknown",
 }
-UNKNOWN_DST = {
-    "destination_workload": "unknown",
-    "destination_workload_namespace": "unknown",
-    "destination_principal": "unknown",
-    "destination_app": "unknown",
-    "destination_version": "unknown",
-    "destination_canonical_service": "unknown",
-    "destination_canonical_revision": "latest",
-    "destination_cluster": "unknown",
-}
+UNKNOWN_DST = UNKNOWN_DESTINATION
 
 
 def external(host: str, cluster: str, namespace: str = "unknown", entry: str = "") -> dict[str, str]:

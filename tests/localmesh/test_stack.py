@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from istio_labels import (
+    EGRESS_SERIES,
     GATEWAY_SOURCE,
     GATEWAY_SOURCE_OWN,
     IDGEN_DESTINATION,
@@ -39,28 +40,6 @@ EXTERNAL_DESTINATION = {
     "grpc_response_status": "",
     "response_flags": "-",
     "connection_security_policy": "unknown",
-}
-EGRESS_SERIES = {
-    "passthrough": {
-        "destination_service_name": "PassthroughCluster",
-        "destination_service_namespace": "unknown",
-        "response_code": "200",
-    },
-    "blackhole": {
-        "destination_service_name": "BlackHoleCluster",
-        "destination_service_namespace": "unknown",
-        "response_code": "502",
-    },
-    "serviceentry": {
-        # Istio 1.30+: the DNS ServiceEntry's own endpoint names the destination (docs/istio-facts.md).
-        "destination_workload": "httpbin-ext",
-        "destination_workload_namespace": "recipes",
-        "destination_canonical_service": "httpbin-ext",
-        "destination_cluster": "Kubernetes",
-        "destination_service_name": "httpbin.org",
-        "destination_service_namespace": "recipes",
-        "response_code": "200",
-    },
 }
 
 
