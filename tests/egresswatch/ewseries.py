@@ -42,7 +42,6 @@ UNKNOWN_SRC = {
     "source_version": "unknown",
     "source_cluster": "unknown",
 }
-UNKNOWN_DST = UNKNOWN_DESTINATION
 
 
 def external(host: str, cluster: str, namespace: str = "unknown", entry: str = "") -> dict[str, str]:
@@ -60,7 +59,7 @@ def external(host: str, cluster: str, namespace: str = "unknown", entry: str = "
         else {}
     )
     return {
-        **UNKNOWN_DST,
+        **UNKNOWN_DESTINATION,
         **endpoint,
         "destination_service": host,
         "destination_service_name": cluster,
