@@ -15,7 +15,7 @@
 - apply propagation: on a running stack, flip between passthrough and blackhole with the command line
   (`python -m localmesh apply -k manifests/overlays/<option>`) while polling GET /id through the
   gateway; propagation = from starting the command to the first answer showing the new behaviour
-  (200 <-> 502 egress_blocked). Also in-process (control.apply: config, tables, push), which leaves
+  (200 <-> 502 egress_blocked). Also in-process (push.apply: config, tables, push), which leaves
   out the interpreter's start. Baseline: the same command applying the overlay already in force.
 
 Targets (never asserted): make demo < 30 s; apply propagation < 1 s.
@@ -38,7 +38,7 @@ import requests
 from bench import results
 from bench.parts import DATAPLANES, STARTERS, proxy_rig
 from bench.stackrun import PY
-from localmesh.stack import push as control
+from localmesh.stack import push
 from localmesh.stack.driver import LocalStack, free_ports, local_stack
 from localmesh.stack.topology import ROOT, Paths
 
@@ -115,7 +115,7 @@ def flip_cli(stack: LocalStack, session: requests.Session, option: str) -> tuple
 
 def flip_in_process(stack: LocalStack, session: requests.Session, option: str) -> float:
     start = time.perf_counter()
-    control.apply(Paths(stack.state_dir), ROOT / "manifests" / "overlays" / option, None, stack.ports)
+    push.apply(Paths(stack.state_dir), ROOT / "manifests" / "overlays" / option, None, stack.ports)
     seen, _ = wait_for(session, f"{stack.gateway}/id", EXPECTED[option], start + 30)
     return seen - start
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| `localmesh apply` -> new behaviour seen (as a user sees it) | {statistics.median(cli):.3f} "
         f"| {max(cli):.3f} | {results.ratio(statistics.median(cli), base)} | < {TARGET_APPLY_S:g} s "
         f"| {results.verdict(max(cli) < TARGET_APPLY_S)} |",
-        f"| control.apply in process (no interpreter start) -> seen | {statistics.median(in_process):.3f} "
+        f"| push.apply in process (no interpreter start) -> seen | {statistics.median(in_process):.3f} "
         f"| {max(in_process):.3f} | {results.ratio(statistics.median(in_process), base)} | - | - |",
     ]
     text = [*head, *lines]
