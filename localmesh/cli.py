@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from localmesh.envoy.binary import EnvoyUnavailable
+from localmesh.envoy.binary import EnvoyUnavailable, envoy_binary
 from localmesh.mesh.load import ConfigError
 from localmesh.proxy.telemetry import max_passthrough_hosts
 from localmesh.stack import dataplane
@@ -92,7 +92,7 @@ def cmd_up(args: argparse.Namespace, paths: Paths) -> int:
     plane = args.dataplane or dataplane.PYTHON
     if plane == dataplane.ENVOY:
         try:  # before anything is written or started: say at once why Envoy cannot run here
-            dataplane.check_envoy()
+            envoy_binary()
         except EnvoyUnavailable as err:
             print(f"localmesh up: --dataplane envoy: {err}", file=sys.stderr)
             return 2

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 
-from localmesh.envoy.binary import envoy_binary
 from localmesh.envoy.bootstrap import bootstrap, command
 from localmesh.envoy.xdsfiles import running_version, write_resources
 from localmesh.pilot.routes import RouteTable
@@ -56,11 +55,6 @@ def envoy_command(paths: Paths, ports: Ports, workload: str) -> list[str]:
     """The argv of one Envoy proxy. Envoys on one machine share memory per --base-id: each gets its
     admin port as its own (a port only it holds, so two stacks never clash either)."""
     return command(paths.bootstrap_file(workload), base_id=admin_port(ports, workload))
-
-
-def check_envoy() -> None:
-    """Raise EnvoyUnavailable (its message says why and what to do) when Envoy cannot run here."""
-    envoy_binary()
 
 
 def write_bootstraps(paths: Paths, tables: dict[str, RouteTable], ports: Ports) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 from cluster_standins import STANDIN, StandIns
+from istio_labels import EGRESS_SERIES
 
 OPTION_LABEL = ("egress-lab/option-resource", "true")
 # The series idgen's sidecar grows under each option: Istio 1.31's labels (docs/istio-facts.md), of which
@@ -36,40 +37,7 @@ _IDGEN = {
     "source_workload_namespace": "recipes",
     "destination_service": "httpbin.org",
 }
-_NO_WORKLOAD = {
-    "destination_workload": "unknown",
-    "destination_workload_namespace": "unknown",
-    "destination_canonical_service": "unknown",
-    "destination_cluster": "unknown",
-    "destination_service_namespace": "unknown",
-    "response_flags": "-",
-}
-SERIES = {
-    "passthrough": {
-        **_IDGEN,
-        **_NO_WORKLOAD,
-        "destination_service_name": "PassthroughCluster",
-        "response_code": "200",
-    },
-    "blackhole": {
-        **_IDGEN,
-        **_NO_WORKLOAD,
-        "destination_service_name": "BlackHoleCluster",
-        "response_code": "502",
-    },
-    # Istio 1.30+: the DNS ServiceEntry httpbin-ext gets an endpoint named after it.
-    "serviceentry": {
-        **_IDGEN,
-        "destination_workload": "httpbin-ext",
-        "destination_workload_namespace": "recipes",
-        "destination_canonical_service": "httpbin-ext",
-        "destination_cluster": "Kubernetes",
-        "destination_service_name": "httpbin.org",
-        "destination_service_namespace": "recipes",
-        "response_code": "200",
-        "response_flags": "-",
-    },
-}
+SERIES = {option: {**_IDGEN, **labels, "response_flags": "-"} for option, labels in EGRESS_SERIES.items()}
 _MATCHER = re.compile(r'([a-z_]+)="([^"]*)"')
 # The option resources each option applies, as `kubectl get -o name` prints them.
 SIDECAR = "sidecar.networking.istio.io/default"

@@ -52,8 +52,9 @@ for index, rule in enumerate(rules):
         # The real tool answers (kubectl kustomize): the stand-in only recorded the call.
         os.execv(response["exec"], [response["exec"], *args])
     if "sim" in response:
-        # The simulated cluster answers (cluster_sim.py, beside this module).
-        sys.path.insert(0, os.environ["STANDIN_SIM"])
+        # The simulated cluster answers (cluster_sim.py, beside this module; it reads the tests'
+        # label sets, tests/istio_labels.py, from the folder above).
+        sys.path[:0] = [os.environ["STANDIN_SIM"], os.path.dirname(os.environ["STANDIN_SIM"])]
         import cluster_sim
         response = cluster_sim.answer(response["sim"], tool, args, __import__("pathlib").Path(home))
     for flag, content in response.get("write_to", {}).items():
